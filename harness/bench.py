@@ -1,0 +1,131 @@
+"""The scheduler: crosses models × tasks × adapters × (scorer, pruner) × sparsities × seeds.
+
+Each (model, task, adapter, seed) is fine-tuned once and each importance is
+computed once, then reused across sparsity levels. Every cell's row is written
+to the leaderboard as soon as it exists; a failing plugin costs only its cells.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from harness import data as taskdata
+from harness import leaderboard
+from harness.errors import UsageError
+from harness.models import ModelSource, load_classifier, resolve_all
+from harness.plugins import Registry, options_for, options_label
+from harness.records import Adapter, Pruner, PruneRequest, Scorer, ScoreRequest, Task, TaskData, TaskRequest, TrainRequest
+
+SUPPORTED_GRANULARITIES = ("head",)
+DEFAULT_TASK = "synthetic"
+DEFAULT_MODEL = "minilm"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything a bench run takes from the command line."""
+
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    tasks: tuple[str, ...] = (DEFAULT_TASK,)
+    plugins: tuple[str, ...] = ("all",)
+    sparsities: tuple[float, ...] = (0.25, 0.5, 0.75)
+    seeds: tuple[int, ...] = (0,)
+    out: Path = Path("runs/latest")
+    data_dir: Path | None = None
+    options: tuple[str, ...] = ()
+    train_steps: int = 300
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    calib_examples: int = 512
+    latency_batch: int = 32
+    latency_tokens: int = 128
+    eval_limit: int | None = None
+
+
+@dataclass
+class Plan:
+    """A validated grid: nothing in it can fail for a reason the user could have fixed up front."""
+
+    config: BenchConfig
+    models: list[ModelSource]
+    tasks: list[tuple[Task, TaskData]]
+    adapters: list[Adapter]
+    methods: list[tuple[Scorer, Pruner]]
+    sparsities: list[float]
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def cells_per_unit(self) -> int:
+        return 1 + len(self.methods) * len(self.sparsities)
+
+    def total_cells(self) -> int:
+        units = len(self.models) * len(self.tasks) * len(self.adapters) * len(self.config.seeds)
+        return units * self.cells_per_unit()
+
+
+def _select(registry: Registry, names: Sequence[str]) -> dict[str, list[Any]]:
+    """``all`` or named scorers/pruners/adapters; a role nobody named gets all of its plugins."""
+    roles = ("scorer", "pruner", "adapter")
+    chosen: dict[str, list[Any]] = {role: [] for role in roles}
+    if list(names) != ["all"]:
+        for name in names:
+            matches = [role for role in roles if name in registry.by_role[role]]
+            if not matches:
+                hint = " (it is a task: use --tasks)" if name in registry.by_role["task"] else ""
+                known = ", ".join(sorted({n for r in roles for n in registry.names(r)}))
+                raise UsageError(f"unknown plugin {name!r}{hint} (known: {known})")
+            chosen[matches[0]].append(registry.get(matches[0], name))
+    for role in roles:
+        if not chosen[role]:
+            chosen[role] = [registry.get(role, n) for n in registry.names(role)]
+        if not chosen[role]:
+            raise UsageError(f"no {role} plugin is installed")
+    return chosen
+
+
+def _pair(scorers: list[Scorer], pruners: list[Pruner]) -> list[tuple[Scorer, Pruner]]:
+    methods = []
+    for scorer in scorers:
+        if scorer.granularity not in SUPPORTED_GRANULARITIES:
+            raise UsageError(f"scorer {scorer.name!r}: granularity {scorer.granularity!r} is not supported")
+        matching = [p for p in pruners if p.granularity == scorer.granularity]
+        if not matching:
+            raise UsageError(f"scorer {scorer.name!r} ({scorer.granularity}) has no pruner of its granularity selected")
+        methods.extend((scorer, pruner) for pruner in matching)
+    return methods
+
+
+def _load_tasks(config: BenchConfig, registry: Registry, overrides: dict) -> list[tuple[Task, TaskData]]:
+    loaded = []
+    for name in config.tasks:
+        path = Path(name)
+        if path.suffix.lower() in (".yaml", ".yml", ".json"):
+            task = taskdata.load_task_file(path)
+        else:
+            task = registry.get("task", name)
+        request = TaskRequest(config.data_dir, config.seeds[0], options_for(task, overrides))
+        loaded.append((task, task.load(request)))
+    return loaded
+
+
+def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict[str, Any]]) -> Plan:
+    """Validate the whole grid up front (plugins, models, task data) so bad input costs nothing."""
+    if not config.seeds:
+        raise UsageError("give at least one seed")
+    for s in config.sparsities:
+        if not 0.0 <= s < 1.0:
+            raise UsageError(f"sparsity {s} is outside [0, 1)")
+    if config.train_steps < 0 or config.batch_size < 1 or config.calib_examples < 1:
+        raise UsageError("--train-steps must be >= 0, --batch-size and --calib-examples >= 1")
+    chosen = _select(registry, config.plugins)
+    methods = _pair(chosen["scorer"], chosen["pruner"])
+    tasks = _load_tasks(config, registry, overrides)
+    models = resolve_all(config.models)
+    sparsities = sorted({s for s in config.sparsities if s > 0})
+    return Plan(config, models, tasks, chosen["adapter"], methods, sparsities, overrides)

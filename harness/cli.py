@@ -1,0 +1,137 @@
+"""``harness`` command line: ``bench`` runs a grid, ``list`` shows the installed plugins.
+
+Bad input is a one-line error and exit status 2; a grid with failed cells exits 1.
+Heavy libraries are imported only once a command runs, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+from harness.errors import UsageError
+
+T = TypeVar("T")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise UsageError(message)
+
+
+def _items(values: Sequence[str]) -> list[str]:
+    """Accept both ``--x a,b`` and ``--x a b``."""
+    return [item for value in values for item in value.split(",") if item.strip()]
+
+
+def _typed(values: Sequence[str], kind: Callable[[str], T], what: str) -> tuple[T, ...]:
+    parsed = []
+    for item in _items(values):
+        try:
+            parsed.append(kind(item))
+        except ValueError:
+            raise UsageError(f"{what} {item!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return tuple(parsed)
+
+
+def _bench_arguments(bench: argparse.ArgumentParser) -> None:
+    add = bench.add_argument
+    add("--plugins", nargs="+", default=["all"], help="'all' or scorer/pruner/adapter names (default: all)")
+    add("--models", nargs="+", default=["minilm"], help="'minilm', a local model folder or a hub id")
+    add("--tasks", nargs="+", default=["synthetic"], help="task names (see 'harness list') or task files (.yaml/.json)")
+    add("--sparsities", nargs="+", default=["0.25,0.5,0.75"], help="fractions of units to remove, in [0, 1)")
+    add("--seeds", nargs="+", default=["0"], help="integer seeds")
+    add("--out", type=Path, default=Path("runs/latest"), help="output folder (leaderboard.csv)")
+    add("--data-dir", type=Path, default=None, help="local task data, e.g. ../shared/data")
+    add("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="plugin option")
+    add("--train-steps", type=int, default=300, help="fine-tuning steps per (model, task, seed)")
+    add("--batch-size", type=int, default=32)
+    add("--lr", type=float, default=1e-4, help="learning rate of the adapter")
+    add("--calib-examples", type=int, default=512, help="training examples the scorers see")
+    add("--latency-batch", type=int, default=32)
+    add("--latency-tokens", type=int, default=128)
+    add("--eval-limit", type=int, default=None, help="evaluate on the first N validation examples only")
+    add("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="harness", description="Score, prune and adapt transformers; benchmark them honestly.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _bench_arguments(commands.add_parser("bench", help="run a benchmark grid and write a leaderboard"))
+    commands.add_parser("list", help="list installed plugins: role, name, distribution")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> object:
+    from harness.bench import BenchConfig
+
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    return BenchConfig(
+        models=tuple(_items(args.models)),
+        tasks=tuple(_items(args.tasks)),
+        plugins=tuple(_items(args.plugins)),
+        sparsities=_typed(args.sparsities, float, "sparsity"),
+        seeds=_typed(args.seeds, int, "seed"),
+        out=args.out,
+        data_dir=args.data_dir,
+        options=tuple(args.option),
+        train_steps=args.train_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        calib_examples=args.calib_examples,
+        latency_batch=args.latency_batch,
+        latency_tokens=args.latency_tokens,
+        eval_limit=args.eval_limit,
+    )
+
+
+def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
+    from harness import leaderboard
+    from harness.bench import make_plan
+    from harness.plugins import load_registry, parse_options
+    from harness.runner import execute
+
+    config = _config(args)
+    registry = load_registry(extra)
+    plan = make_plan(config, registry, parse_options(config.options, registry))
+    print(f"harness: {plan.total_cells()} cells -> {Path(config.out) / 'leaderboard.csv'}", file=sys.stderr)
+    rows = execute(plan, progress=not args.no_progress)
+    print(leaderboard.summary(rows))
+    failed = rows[rows["status"] != "ok"]
+    print(f"{len(rows) - len(failed)} ok, {len(failed)} failed; leaderboard: {Path(config.out) / 'leaderboard.csv'}")
+    for _, row in failed.iterrows():
+        print(f"  failed: {row['scorer']}/{row['pruner']} sparsity {row['sparsity']} seed {row['seed']}: {row['error']}")
+    return 1 if len(failed) else 0
+
+
+def cmd_list(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
+    from harness.plugins import load_registry
+
+    items = list(load_registry(extra))
+    width = max((len(i.record.name) for i in items), default=4)
+    print(f"{'role':8} {'name':{width}} {'unit':7} distribution")
+    for item in items:
+        unit = getattr(item.record, "granularity", "-")
+        print(f"{item.role:8} {item.record.name:{width}} {unit:7} {item.dist}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, extra: Sequence[object] = ()) -> int:
+    """Entry point; ``extra`` registers plugin objects directly (tests)."""
+    try:
+        args = build_parser().parse_args(argv)
+        command = cmd_bench if args.command == "bench" else cmd_list
+        return command(args, extra)
+    except UsageError as error:
+        print(f"harness: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished rows are in the leaderboard", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Task data: loading tables (local files or the hub) with ``datasets``, task files, batches, metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+from harness.errors import UsageError
+from harness.records import METRICS, Batch, Split, Task, TaskData, TaskRequest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+_FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+
+
+def read_rows(path: Path, column_names: Sequence[str] | None = None) -> Any:
+    """A local CSV/TSV/JSON(L) file as a ``datasets.Dataset``; TSV is read without quoting."""
+    if not path.is_file():
+        raise UsageError(f"data file not found: {path}")
+    builder = _FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise UsageError(f"{path}: unsupported data format (use .tsv, .csv, .json or .jsonl)")
+    kwargs: dict[str, Any] = {}
+    if path.suffix.lower() == ".tsv":
+        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    if column_names and builder == "csv":
+        kwargs.update(header=None, names=list(column_names))
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except Exception as error:  # datasets wraps parser errors in several types
+        raise UsageError(f"{path}: cannot read ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+
+
+def to_split(
+    rows: Any,
+    text_columns: Sequence[str],
+    label_column: str,
+    label_names: Sequence[str],
+    where: str,
+) -> Split:
+    """Rows to a :class:`Split`; labels may be integers or the label names themselves."""
+    for column in (*text_columns, label_column):
+        if column not in rows.column_names:
+            raise UsageError(f"{where}: no column {column!r} (columns: {', '.join(rows.column_names)})")
+    index = {str(name): i for i, name in enumerate(label_names)}
+    labels = []
+    for value in rows[label_column]:
+        key = str(value).strip()
+        if key in index:
+            labels.append(index[key])
+        elif key.lstrip("-").isdigit() and 0 <= int(key) < len(label_names):
+            labels.append(int(key))
+        else:
+            raise UsageError(f"{where}: label {value!r} is not one of {', '.join(index)}")
+    texts = [tuple("" if t is None else str(t) for t in rows[c]) for c in text_columns]
+    return Split(texts[0], tuple(labels), texts[1] if len(texts) > 1 else None)
+
+
+def load_local_task(
+    directory: Path,
+    text_columns: Sequence[str],
+    label_column: str,
+    label_names: Sequence[str],
+    metric: str = "accuracy",
+    max_length: int = 128,
+) -> TaskData:
+    """``<directory>/train.tsv`` and ``validation.tsv`` (the GLUE layout of ../shared/data)."""
+    splits = [
+        to_split(read_rows(directory / f"{name}.tsv"), text_columns, label_column, label_names, str(directory / f"{name}.tsv"))
+        for name in ("train", "validation")
+    ]
+    return TaskData(splits[0], splits[1], tuple(label_names), metric, max_length)
+
+
+def load_hub_task(
+    path: str,
+    config: str | None,
+    text_columns: Sequence[str],
+    label_column: str,
+    label_names: Sequence[str],
+    metric: str = "accuracy",
+    max_length: int = 128,
+) -> TaskData:
+    """A task from the Hugging Face hub (needs a network or a warm ``datasets`` cache)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        data = datasets.load_dataset(path, config)
+    except Exception as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"cannot load {path}/{config} from the hub ({first}); pass --data-dir for local files") from None
+    splits = [to_split(data[s], text_columns, label_column, label_names, f"{path}:{s}") for s in ("train", "validation")]
+    return TaskData(splits[0], splits[1], tuple(label_names), metric, max_length)
+
+
+def _stratified(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    from sklearn.model_selection import train_test_split
+
+    train_idx, val_idx = train_test_split(
+        list(range(len(split))), test_size=fraction, random_state=seed, stratify=list(split.labels)
+    )
+
+    def take(idx: list[int]) -> Split:
+        text_b = tuple(split.text_b[i] for i in idx) if split.text_b is not None else None
+        return Split(tuple(split.text_a[i] for i in idx), tuple(split.labels[i] for i in idx), text_b)
+
+    return take(train_idx), take(val_idx)
+
+
+def _task_file_spec(path: Path) -> Mapping[str, Any]:
+    if not path.is_file():
+        raise UsageError(f"task file not found: {path}")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            spec = yaml.safe_load(path.read_text())
+        else:
+            spec = json.loads(path.read_text())
+    except Exception as error:
+        raise UsageError(f"{path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
+    if not isinstance(spec, dict):
+        raise UsageError(f"{path}: a task file holds a mapping of fields")
+    required = ("train", "text_columns", "label_column", "label_names")
+    missing = [k for k in required if k not in spec]
+    if missing:
+        raise UsageError(f"{path}: missing field(s) {', '.join(missing)}")
+    if "validation" not in spec and "validation_fraction" not in spec:
+        raise UsageError(f"{path}: give either validation (a file) or validation_fraction")
+    if spec.get("metric", "accuracy") not in METRICS:
+        raise UsageError(f"{path}: metric must be one of {', '.join(METRICS)}")
+    columns = spec["text_columns"]
+    if isinstance(columns, str):
+        spec["text_columns"] = [columns]
+    elif not (isinstance(columns, list) and 1 <= len(columns) <= 2):
+        raise UsageError(f"{path}: text_columns takes one or two column names")
+    return spec
+
+
+def load_task_file(path: Path) -> Task:
+    """A generic classification task described by a YAML/JSON file (paths relative to it)."""
+    spec = _task_file_spec(path)
+    base = path.parent
+
+    def read(name: str) -> Split:
+        file = (base / spec[name]).resolve()
+        rows = read_rows(file, spec.get("column_names"))
+        return to_split(rows, spec["text_columns"], spec["label_column"], [str(n) for n in spec["label_names"]], str(file))
+
+    def load(request: TaskRequest) -> TaskData:
+        train = read("train")
+        if "validation" in spec:
+            validation = read("validation")
+        else:
+            train, validation = _stratified(train, float(spec["validation_fraction"]), int(spec.get("split_seed", 0)))
+        names = tuple(str(n) for n in spec["label_names"])
+        return TaskData(train, validation, names, spec.get("metric", "accuracy"), int(spec.get("max_length", 128)))
+
+    return Task(name=str(spec.get("name", path.stem)), load=load, description=f"task file {path}")
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, split: Split, indices: Sequence[int], max_length: int) -> Batch:
+    import torch
+
+    text_a = [split.text_a[i] for i in indices]
+    text_b = [split.text_b[i] for i in indices] if split.text_b is not None else None
+    encoded = tokenizer(text_a, text_b, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    batch["labels"] = torch.tensor([split.labels[i] for i in indices])
+    return batch
+
+
+def batches(
+    tokenizer: PreTrainedTokenizerBase, split: Split, batch_size: int, max_length: int, indices: Sequence[int] | None = None
+) -> list[Batch]:
+    """Fixed batches in order (evaluation, calibration); sorted by length to waste less padding."""
+    order = list(range(len(split))) if indices is None else list(indices)
+    order.sort(key=lambda i: len(split.text_a[i]) + len(split.text_b[i] if split.text_b else ""))
+    return [tokenize(tokenizer, split, order[i : i + batch_size], max_length) for i in range(0, len(order), batch_size)]
+
+
+def training_stream(
+    tokenizer: PreTrainedTokenizerBase, split: Split, steps: int, batch_size: int, max_length: int, seed: int
+) -> Iterator[Batch]:
+    """Exactly ``steps`` shuffled batches, reshuffling each epoch with a seeded generator."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order.extend(rng.permutation(len(split)).tolist())
+        chunk, order = order[:batch_size], order[batch_size:]
+        yield tokenize(tokenizer, split, chunk, max_length)
+
+
+def calibration_indices(split: Split, count: int, seed: int) -> list[int]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 10_000)
+    return sorted(rng.permutation(len(split))[: min(count, len(split))].tolist())
+
+
+def metric_value(name: str, labels: Sequence[int], predictions: Sequence[int], num_labels: int = 2) -> float:
+    """The task's primary metric, from scikit-learn (F1 is binary for two labels, macro above)."""
+    from sklearn import metrics
+
+    if name == "accuracy":
+        return float(metrics.accuracy_score(labels, predictions))
+    if name == "f1":
+        average = "binary" if num_labels == 2 else "macro"
+        return float(metrics.f1_score(labels, predictions, average=average, zero_division=0))
+    if name == "mcc":
+        return float(metrics.matthews_corrcoef(labels, predictions))
+    raise ValueError(f"unknown metric {name!r}")

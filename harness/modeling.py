@@ -1,0 +1,77 @@
+"""Model helpers shared by the harness and plugins: losses, predictions, size and speed.
+
+Latency is measured, never derived: the same fixed input (batch x tokens) is run
+on every model of a grid so speedups compare like with like.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import TYPE_CHECKING, Iterable
+
+from harness.records import Batch
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
+    """The tensors a model's forward takes (drops ``labels`` and anything else)."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+def logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    return model(**model_inputs(batch)).logits
+
+
+def per_example_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Cross-entropy of each example (shape ``[B]``), so per-example gradients stay separable."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits(model, batch), batch["labels"], reduction="none")
+
+
+def predict(model: nn.Module, batches: Iterable[Batch]) -> list[int]:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    predictions: list[int] = []
+    with torch.inference_mode():
+        for batch in batches:
+            predictions.extend(logits(model, batch).argmax(-1).tolist())
+    model.train(was_training)
+    return predictions
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def latency_input(model: nn.Module, batch_size: int = 32, tokens: int = 128, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A fixed full-length batch of real token ids (no padding), the same for every model."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    vocab = int(model.config.vocab_size)
+    ids = torch.randint(min(1000, vocab - 1), vocab, (batch_size, tokens), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def measure_latency_ms(model: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 7, warmup: int = 2) -> float:
+    """Median wall time of one inference forward pass, in milliseconds."""
+    import torch
+
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            model(**inputs)
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)

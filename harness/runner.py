@@ -1,0 +1,210 @@
+"""Running a validated plan: fine-tune once per unit, score once per scorer, prune per sparsity.
+
+Failures are isolated: an exception in a plugin becomes ``status=error`` rows for
+exactly the cells that depended on it, and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from harness import data as taskdata
+from harness import leaderboard, modeling, surgery
+from harness.bench import Plan
+from harness.models import ModelSource, load_classifier
+from harness.plugins import options_for, options_label
+from harness.records import Adapter, Pruner, PruneRequest, Scorer, ScoreRequest, Task, TaskData, TrainRequest
+
+Row = dict[str, Any]
+
+
+def run_id(parts: dict[str, Any]) -> str:
+    """A content hash of everything that determines a cell's result."""
+    import torch
+    import transformers
+
+    from harness import __version__
+
+    versions = {"harness": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    blob = json.dumps({**parts, "versions": versions}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _error_text(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".splitlines()[0]
+    return text[:300]
+
+
+@dataclass
+class Unit:
+    """One (model, task, adapter, seed): the fine-tuned dense model and what every cell shares."""
+
+    plan: Plan
+    source: ModelSource
+    task: Task
+    data: TaskData
+    adapter: Adapter
+    seed: int
+    write: Callable[[Row], None]
+    model: Any = None
+    tokenizer: Any = None
+    eval_batches: list = field(default_factory=list)
+    latency_input: dict = field(default_factory=dict)
+    dense_latency: float = float("nan")
+    train_s: float = float("nan")
+    heads_total: int = 0
+
+    def row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float) -> Row:
+        """The identifying columns of a cell, with its content-hash run id."""
+        c, o = self.plan.config, self.plan.overrides
+        labels = [options_label(r, o) for r in (self.adapter, scorer, pruner) if r is not None]
+        parts = {
+            "model": self.source.name,
+            "task": self.task.name,
+            "adapter": self.adapter.name,
+            "scorer": scorer.name if scorer else "none",
+            "pruner": pruner.name if pruner else "none",
+            "options": ";".join(label for label in labels if label),
+            "sparsity": sparsity,
+            "seed": self.seed,
+        }
+        budget = (c.train_steps, c.batch_size, c.learning_rate, c.calib_examples, c.eval_limit)
+        digest = run_id({**parts, "budget": budget, "latency": (c.latency_batch, c.latency_tokens)})
+        return {"run_id": digest, **parts, "metric": self.data.metric, "train_s": round(self.train_s, 2)}
+
+    def measure(self, model: Any, row: Row) -> Row:
+        """Quality on the validation split, size, heads and measured latency of ``model``."""
+        labels = [int(b["labels"][i]) for b in self.eval_batches for i in range(len(b["labels"]))]
+        predictions = modeling.predict(model, self.eval_batches)
+        geometry = surgery.head_geometry(model)
+        latency = modeling.measure_latency_ms(model, self.latency_input)
+        score = taskdata.metric_value(self.data.metric, labels, predictions, len(self.data.label_names))
+        return {
+            **row,
+            "heads_kept": geometry.total_heads,
+            "heads_total": self.heads_total,
+            "score": round(score, 6),
+            "params": modeling.count_params(model),
+            "latency_ms": round(latency, 3),
+            "status": "ok",
+            "error": "",
+        }
+
+    def prepare(self) -> None:
+        """Load, fine-tune and measure the dense model (the reference of every cell in the unit)."""
+        c = self.plan.config
+        self.model, self.tokenizer = load_classifier(self.source, self.data.label_names, self.seed)
+        validation = self.data.validation
+        limit = range(min(len(validation), c.eval_limit)) if c.eval_limit else None
+        self.eval_batches = taskdata.batches(self.tokenizer, validation, 64, self.data.max_length, limit)
+        stream = taskdata.training_stream(
+            self.tokenizer, self.data.train, c.train_steps, c.batch_size, self.data.max_length, self.seed
+        )
+        request = TrainRequest(
+            self.model, stream, c.train_steps, c.learning_rate, self.seed, options_for(self.adapter, self.plan.overrides)
+        )
+        start = time.perf_counter()
+        result = self.adapter.train(request)
+        self.train_s = time.perf_counter() - start
+        self.model = result.model.eval()
+        self.heads_total = surgery.head_geometry(self.model).total_heads
+        self.latency_input = modeling.latency_input(self.model, c.latency_batch, c.latency_tokens)
+
+    def dense(self) -> Row:
+        row = self.measure(self.model, {**self.row(None, None, 0.0), "scoring_s": 0.0})
+        self.dense_latency = row["latency_ms"]
+        return {**row, "speedup": 1.0}
+
+    def scores(self, scorer: Scorer) -> tuple[Any, float]:
+        c = self.plan.config
+        indices = taskdata.calibration_indices(self.data.train, c.calib_examples, self.seed)
+        batches = taskdata.batches(self.tokenizer, self.data.train, c.batch_size, self.data.max_length, indices)
+        model = copy.deepcopy(self.model)
+        request = ScoreRequest(model, batches, self.seed, options_for(scorer, self.plan.overrides))
+        start = time.perf_counter()
+        values = scorer.score(request)
+        elapsed = time.perf_counter() - start
+        geometry = surgery.head_geometry(self.model)
+        expected = (geometry.num_layers, max(geometry.heads_per_layer))
+        if tuple(values.shape) != expected:
+            raise ValueError(f"scorer {scorer.name!r} returned shape {tuple(values.shape)}, expected {expected}")
+        return values.detach().float().cpu(), elapsed
+
+    def pruned(self, scorer: Scorer, pruner: Pruner, scores: Any, sparsity: float, scoring_s: float) -> Row:
+        request = PruneRequest(scores, sparsity, options_for(pruner, self.plan.overrides))
+        keep = pruner.compute_mask(request)
+        if tuple(keep.shape) != tuple(scores.shape):
+            raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(keep.shape)}")
+        model = surgery.remove_heads(copy.deepcopy(self.model), keep.bool())
+        row = self.measure(model, {**self.row(scorer, pruner, sparsity), "scoring_s": round(scoring_s, 3)})
+        return {**row, "speedup": round(self.dense_latency / row["latency_ms"], 4)}
+
+    def error_row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float, error: BaseException) -> Row:
+        return {**self.row(scorer, pruner, sparsity), "status": "error", "error": _error_text(error)}
+
+
+def _run_unit(unit: Unit, tick: Callable[[str], None]) -> None:
+    plan = unit.plan
+    cells = [(s, p, sp) for s, p in plan.methods for sp in plan.sparsities]
+    try:
+        unit.prepare()
+        unit.write(unit.dense())
+    except Exception as error:  # the dense model failed: every cell of the unit depends on it
+        unit.write(unit.error_row(None, None, 0.0, error))
+        for scorer, pruner, sparsity in cells:
+            unit.write(unit.error_row(scorer, pruner, sparsity, error))
+        tick("")
+        return
+    tick("dense")
+    computed: dict[str, tuple[Any, float] | BaseException] = {}
+    for scorer, pruner, sparsity in cells:
+        label = f"{scorer.name}/{pruner.name}@{sparsity}"
+        if scorer.name not in computed:
+            try:
+                computed[scorer.name] = unit.scores(scorer)
+            except Exception as error:
+                computed[scorer.name] = error
+        outcome = computed[scorer.name]
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            unit.write(unit.pruned(scorer, pruner, outcome[0], sparsity, outcome[1]))
+        except Exception as error:
+            unit.write(unit.error_row(scorer, pruner, sparsity, error))
+        tick(label)
+
+
+def execute(plan: Plan, progress: bool = True) -> Any:
+    """Run every unit of the plan, appending rows to ``<out>/leaderboard.csv``; returns this run's rows."""
+    from tqdm.auto import tqdm
+
+    path = Path(plan.config.out) / "leaderboard.csv"
+    rows: list[Row] = []
+
+    def write(row: Row) -> None:
+        leaderboard.append(path, [row])
+        rows.append(row)
+
+    bar = tqdm(total=plan.total_cells(), disable=not progress, unit="cell", dynamic_ncols=True)
+    for source in plan.models:
+        for task, data in plan.tasks:
+            for adapter in plan.adapters:
+                for seed in plan.config.seeds:
+                    unit = Unit(plan, source, task, data, adapter, seed, write)
+                    bar.set_description(f"{source.name} × {task.name} × {adapter.name} seed {seed}: fine-tuning")
+
+                    def tick(label: str, unit: Unit = unit) -> None:
+                        bar.update(plan.cells_per_unit() if label == "" else 1)
+                        bar.set_description(f"{unit.source.name} × {unit.task.name} seed {unit.seed}: {label}")
+
+                    _run_unit(unit, tick)
+    bar.close()
+    import pandas as pd
+
+    return pd.DataFrame(rows).reindex(columns=list(leaderboard.COLUMNS))

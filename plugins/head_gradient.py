@@ -1,0 +1,72 @@
+"""Scorer ``head-gradient``: head importance of Michel et al. (2019), "Are Sixteen Heads Really Better than One?".
+
+Importance of head h is E_x |dL(x)/dξ_h|, where ξ_h gates the head's output.
+A gate per example (``[B, H]`` per layer) gives every example's gradient from one
+backward pass, so the absolute value is taken before averaging and signs never cancel.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from harness import Scorer, ScoreRequest, hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+OPTIONS = {"normalize": True, "per_example": True}
+
+
+def _accumulate(request: ScoreRequest) -> torch.Tensor:
+    """Sum over the calibration set of |dL/dgate|, per example (or per batch), shape [L, H]."""
+    import torch
+
+    from harness import modeling, surgery
+
+    model = request.model.eval()
+    heads = surgery.head_geometry(model).heads_per_layer
+    total = torch.zeros(len(heads), max(heads))
+    per_example = bool(request.options.get("per_example", True))
+    with surgery.HeadGates(model) as gates:
+        for batch in request.batches:
+            size = len(batch["labels"]) if per_example else 1
+            layer_gates = [torch.ones(size, n, requires_grad=True) for n in heads]
+            gates.gate = layer_gates
+            loss = modeling.per_example_loss(model, batch).sum()
+            grads = torch.autograd.grad(loss, layer_gates)
+            for index, grad in enumerate(grads):
+                total[index, : heads[index]] += grad.abs().sum(0)
+    return total
+
+
+def score(request: ScoreRequest) -> torch.Tensor:
+    import torch
+
+    if not request.batches:
+        raise ValueError("head-gradient needs at least one calibration batch")
+    frozen = [p for p in request.model.parameters() if p.requires_grad]
+    for parameter in frozen:  # only gate gradients are needed: skip weight gradients
+        parameter.requires_grad_(False)
+    try:
+        total = _accumulate(request)
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+    examples = sum(len(b["labels"]) for b in request.batches)
+    importance = total / examples
+    if request.options.get("normalize", True):  # Michel et al.: L2 per layer
+        importance = importance / importance.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(importance.dtype).tiny)
+    return importance
+
+
+@hookimpl
+def harness_scorers() -> list[Scorer]:
+    return [
+        Scorer(
+            name="head-gradient",
+            granularity="head",
+            score=score,
+            description="E|dL/d gate| over a calibration set (Michel et al. 2019)",
+            options=OPTIONS,
+        )
+    ]
