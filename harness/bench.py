@@ -40,7 +40,7 @@ class BenchConfig:
     out: Path = Path("runs/latest")
     data_dir: Path | None = None
     options: tuple[str, ...] = ()
-    train_steps: int = 300
+    train_steps: int | None = None  # None: the task's own default budget, else 300
     batch_size: int = 32
     learning_rate: float = 1e-4
     calib_examples: int = 512
@@ -121,7 +121,7 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
     for s in config.sparsities:
         if not 0.0 <= s < 1.0:
             raise UsageError(f"sparsity {s} is outside [0, 1)")
-    if config.train_steps < 0 or config.batch_size < 1 or config.calib_examples < 1:
+    if (config.train_steps or 0) < 0 or config.batch_size < 1 or config.calib_examples < 1:
         raise UsageError("--train-steps must be >= 0, --batch-size and --calib-examples >= 1")
     chosen = _select(registry, config.plugins)
     methods = _pair(chosen["scorer"], chosen["pruner"])

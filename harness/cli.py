@@ -46,7 +46,7 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     add("--out", type=Path, default=Path("runs/latest"), help="output folder (leaderboard.csv)")
     add("--data-dir", type=Path, default=None, help="local task data, e.g. ../shared/data")
     add("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="plugin option")
-    add("--train-steps", type=int, default=300, help="fine-tuning steps per (model, task, seed)")
+    add("--train-steps", type=int, default=None, help="fine-tuning steps per (model, task, seed); default: the task's")
     add("--batch-size", type=int, default=32)
     add("--lr", type=float, default=1e-4, help="learning rate of the adapter")
     add("--calib-examples", type=int, default=512, help="training examples the scorers see")

@@ -115,14 +115,26 @@ def _stratified(split: Split, fraction: float, seed: int) -> tuple[Split, Split]
     return take(train_idx), take(val_idx)
 
 
+def _yaml_without_booleans(text: str) -> Any:
+    """YAML 1.1 reads label names such as ``no``/``yes`` as booleans: keep them as strings."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        key: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _task_file_spec(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise UsageError(f"task file not found: {path}")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            spec = yaml.safe_load(path.read_text())
+            spec = _yaml_without_booleans(path.read_text())
         else:
             spec = json.loads(path.read_text())
     except Exception as error:

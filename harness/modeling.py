@@ -62,16 +62,58 @@ def latency_input(model: nn.Module, batch_size: int = 32, tokens: int = 128, see
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+def _time_ms(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+    start = time.perf_counter()
+    model(**inputs)
+    return (time.perf_counter() - start) * 1000
+
+
 def measure_latency_ms(model: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 7, warmup: int = 2) -> float:
     """Median wall time of one inference forward pass, in milliseconds."""
+    return compare_latency_ms([model], inputs, repeats, warmup)[0]
+
+
+def compare_latency_ms(
+    models: list[nn.Module], inputs: dict[str, torch.Tensor], repeats: int = 7, warmup: int = 2
+) -> list[float]:
+    """Median forward time of each model, run in alternation so load changes hit all alike."""
     import torch
 
-    model.eval()
-    times = []
+    for model in models:
+        model.eval()
+    times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            start = time.perf_counter()
+            for index, model in enumerate(models):
+                elapsed = _time_ms(model, inputs)
+                if i >= warmup:
+                    times[index].append(elapsed)
+    return [statistics.median(t) for t in times]
+
+
+def forward_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+    """Theoretical FLOPs of one forward pass: every linear layer plus attention's two matmuls.
+
+    Linear layers are counted by hooks on the real modules (so sliced layers count
+    as sliced); attention scores and context add 2 x 2·T²·d per head.
+    """
+    import torch
+
+    from harness import surgery
+
+    total = 0
+
+    def count(module: torch.nn.Linear, args: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        total += 2 * module.in_features * module.out_features * (output.numel() // max(module.out_features, 1))
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.inference_mode():
             model(**inputs)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    finally:
+        for handle in handles:
+            handle.remove()
+    batch, tokens = inputs["input_ids"].shape
+    geometry = surgery.head_geometry(model)
+    return total + 4 * batch * tokens * tokens * geometry.head_dim * geometry.total_heads

@@ -65,20 +65,53 @@ class Registry:
             yield from (self.by_role[role][n] for n in self.names(role))
 
 
-def make_manager(entry_points: bool = True, extra: Iterable[object] = ()) -> pluggy.PluginManager:
+class PluginManager(pluggy.PluginManager):
+    """A pluggy manager that remembers which distribution each entry-point plugin came from."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.dists: dict[int, str] = {}
+
+
+def _load_entry_points(pm: PluginManager) -> None:
+    """Register every ``harness`` entry point; a broken or clashing one is a one-line error.
+
+    (pluggy's own loader would raise a traceback on a failing import and silently
+    drop a second plugin that reuses a name.)
+    """
+    from importlib.metadata import distributions
+
+    seen: dict[str, str] = {}
+    for dist in distributions():
+        label = f"{dist.metadata['name']} {dist.version}"
+        for entry in dist.entry_points.select(group=ENTRY_POINT_GROUP):
+            if entry.name in seen:
+                if seen[entry.name] != f"{label} {entry.value}":  # the same install seen twice is fine
+                    raise UsageError(f"plugin name {entry.name!r} is registered by both {seen[entry.name]} and {label}")
+                continue
+            seen[entry.name] = f"{label} {entry.value}"
+            try:
+                plugin = entry.load()
+            except Exception as error:
+                raise UsageError(f"plugin {entry.name!r} from {label} failed to load: {type(error).__name__}: {error}") from None
+            pm.register(plugin, name=entry.name)
+            pm.dists[id(plugin)] = label
+
+
+def make_manager(entry_points: bool = True, extra: Iterable[object] = ()) -> PluginManager:
     """A new manager: entry-point plugins (unless turned off) plus ``extra`` plugin objects."""
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+    pm = PluginManager()
     if entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        _load_entry_points(pm)
     for plugin in extra:
         pm.register(plugin)
     return pm
 
 
-def collect(pm: pluggy.PluginManager) -> Registry:
+def collect(pm: PluginManager) -> Registry:
     """Call every role hook per plugin so each record keeps the distribution it came from."""
-    dists = {id(plugin): f"{dist.metadata['name']} {dist.version}" for plugin, dist in pm.list_plugin_distinfo()}
+    dists = pm.dists
     registry = Registry()
     for role, hook_name in ROLE_HOOKS.items():
         record_type = ROLE_RECORDS[role]

@@ -52,6 +52,7 @@ class TaskData:
     label_names: tuple[str, ...]
     metric: str = "accuracy"
     max_length: int = 128
+    train_steps: int | None = None  # the task's default fine-tuning budget; --train-steps overrides
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:

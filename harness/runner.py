@@ -22,6 +22,7 @@ from harness.plugins import options_for, options_label
 from harness.records import Adapter, Pruner, PruneRequest, Scorer, ScoreRequest, Task, TaskData, TrainRequest
 
 Row = dict[str, Any]
+DEFAULT_TRAIN_STEPS = 300
 
 
 def run_id(parts: dict[str, Any]) -> str:
@@ -56,9 +57,13 @@ class Unit:
     tokenizer: Any = None
     eval_batches: list = field(default_factory=list)
     latency_input: dict = field(default_factory=dict)
-    dense_latency: float = float("nan")
     train_s: float = float("nan")
     heads_total: int = 0
+
+    @property
+    def train_steps(self) -> int:
+        steps = self.plan.config.train_steps
+        return steps if steps is not None else (self.data.train_steps or DEFAULT_TRAIN_STEPS)
 
     def row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float) -> Row:
         """The identifying columns of a cell, with its content-hash run id."""
@@ -74,16 +79,22 @@ class Unit:
             "sparsity": sparsity,
             "seed": self.seed,
         }
-        budget = (c.train_steps, c.batch_size, c.learning_rate, c.calib_examples, c.eval_limit)
+        budget = (self.train_steps, c.batch_size, c.learning_rate, c.calib_examples, c.eval_limit)
         digest = run_id({**parts, "budget": budget, "latency": (c.latency_batch, c.latency_tokens)})
         return {"run_id": digest, **parts, "metric": self.data.metric, "train_s": round(self.train_s, 2)}
 
     def measure(self, model: Any, row: Row) -> Row:
-        """Quality on the validation split, size, heads and measured latency of ``model``."""
+        """Quality on the validation split, size, heads, latency and speedup over the dense model.
+
+        A pruned model is timed in alternation with the dense one, in the same run.
+        """
         labels = [int(b["labels"][i]) for b in self.eval_batches for i in range(len(b["labels"]))]
         predictions = modeling.predict(model, self.eval_batches)
         geometry = surgery.head_geometry(model)
-        latency = modeling.measure_latency_ms(model, self.latency_input)
+        if model is self.model:
+            latency = reference = modeling.measure_latency_ms(model, self.latency_input)
+        else:
+            reference, latency = modeling.compare_latency_ms([self.model, model], self.latency_input)
         score = taskdata.metric_value(self.data.metric, labels, predictions, len(self.data.label_names))
         return {
             **row,
@@ -92,6 +103,7 @@ class Unit:
             "score": round(score, 6),
             "params": modeling.count_params(model),
             "latency_ms": round(latency, 3),
+            "speedup": round(reference / latency, 4),
             "status": "ok",
             "error": "",
         }
@@ -104,10 +116,10 @@ class Unit:
         limit = range(min(len(validation), c.eval_limit)) if c.eval_limit else None
         self.eval_batches = taskdata.batches(self.tokenizer, validation, 64, self.data.max_length, limit)
         stream = taskdata.training_stream(
-            self.tokenizer, self.data.train, c.train_steps, c.batch_size, self.data.max_length, self.seed
+            self.tokenizer, self.data.train, self.train_steps, c.batch_size, self.data.max_length, self.seed
         )
         request = TrainRequest(
-            self.model, stream, c.train_steps, c.learning_rate, self.seed, options_for(self.adapter, self.plan.overrides)
+            self.model, stream, self.train_steps, c.learning_rate, self.seed, options_for(self.adapter, self.plan.overrides)
         )
         start = time.perf_counter()
         result = self.adapter.train(request)
@@ -117,9 +129,7 @@ class Unit:
         self.latency_input = modeling.latency_input(self.model, c.latency_batch, c.latency_tokens)
 
     def dense(self) -> Row:
-        row = self.measure(self.model, {**self.row(None, None, 0.0), "scoring_s": 0.0})
-        self.dense_latency = row["latency_ms"]
-        return {**row, "speedup": 1.0}
+        return self.measure(self.model, {**self.row(None, None, 0.0), "scoring_s": 0.0})
 
     def scores(self, scorer: Scorer) -> tuple[Any, float]:
         c = self.plan.config
@@ -142,8 +152,7 @@ class Unit:
         if tuple(keep.shape) != tuple(scores.shape):
             raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(keep.shape)}")
         model = surgery.remove_heads(copy.deepcopy(self.model), keep.bool())
-        row = self.measure(model, {**self.row(scorer, pruner, sparsity), "scoring_s": round(scoring_s, 3)})
-        return {**row, "speedup": round(self.dense_latency / row["latency_ms"], 4)}
+        return self.measure(model, {**self.row(scorer, pruner, sparsity), "scoring_s": round(scoring_s, 3)})
 
     def error_row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float, error: BaseException) -> Row:
         return {**self.row(scorer, pruner, sparsity), "status": "error", "error": _error_text(error)}

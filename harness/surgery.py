@@ -192,6 +192,9 @@ def _keep_lists(keep: torch.Tensor | Sequence[Sequence[int]], geometry: HeadGeom
     lists = [sorted(int(h) for h in row) for row in keep]
     if len(lists) != geometry.num_layers:
         raise ValueError(f"{len(lists)} layers of kept heads for a model of {geometry.num_layers}")
+    for index, row in enumerate(lists):
+        if len(set(row)) != len(row):
+            raise ValueError(f"layer {index}: kept heads {row} repeat a head")
     return lists
 
 
@@ -207,12 +210,13 @@ def remove_heads(model: nn.Module, keep: torch.Tensor | Sequence[Sequence[int]])
     layout, geometry = layout_of(model), head_geometry(model)
     kept = _keep_lists(keep, geometry)
     previous = getattr(model.config, KEPT_HEADS_KEY, None) or [list(range(n)) for n in geometry.heads_per_layer]
-    for index, (layer, heads) in enumerate(zip(_layers(model), kept)):
+    for index, heads in enumerate(kept):  # check every layer before touching any
         n = geometry.heads_per_layer[index]
         if any(h < 0 or h >= n for h in heads):
             raise ValueError(f"layer {index} has {n} heads; cannot keep {heads}")
         if not heads:
             raise ValueError(f"cannot remove every head of layer {index}: keep at least one")
+    for index, (layer, heads) in enumerate(zip(_layers(model), kept)):
         d = geometry.head_dim
         rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in heads])
         attention = _get(layer, layout.attention)

@@ -45,6 +45,7 @@ def score(request: ScoreRequest) -> torch.Tensor:
     if not request.batches:
         raise ValueError("head-gradient needs at least one calibration batch")
     frozen = [p for p in request.model.parameters() if p.requires_grad]
+    was_training = request.model.training
     for parameter in frozen:  # only gate gradients are needed: skip weight gradients
         parameter.requires_grad_(False)
     try:
@@ -52,6 +53,7 @@ def score(request: ScoreRequest) -> torch.Tensor:
     finally:
         for parameter in frozen:
             parameter.requires_grad_(True)
+        request.model.train(was_training)
     examples = sum(len(b["labels"]) for b in request.batches)
     importance = total / examples
     if request.options.get("normalize", True):  # Michel et al.: L2 per layer

@@ -39,8 +39,13 @@ def _per_layer(scores: torch.Tensor, sparsity: float, floor: int) -> torch.Tenso
     import torch
 
     keep = torch.ones_like(scores, dtype=torch.bool)
+    remove = round(sparsity * scores.shape[1])
+    if remove > scores.shape[1] - floor:
+        raise ValueError(
+            f"heads: cannot remove {remove} of {scores.shape[1]} heads per layer keeping {floor} "
+            f"(at most {scores.shape[1] - floor})"
+        )
     for layer, row in enumerate(scores):
-        remove = min(round(sparsity * row.numel()), row.numel() - floor)
         keep[layer, torch.sort(row, stable=True).indices[:remove]] = False
     return keep
 

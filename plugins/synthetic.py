@@ -69,7 +69,9 @@ def generate(seed: int = 2019) -> dict[str, Split]:
 
 def load(request: TaskRequest) -> TaskData:
     splits = generate(int(request.options.get("data_seed", 2019)))
-    return TaskData(splits["train"], splits["validation"], ("negative", "positive"), "accuracy", max_length=32)
+    names = ("negative", "positive")
+    steps = int(request.options.get("train_steps", 200))
+    return TaskData(splits["train"], splits["validation"], names, "accuracy", max_length=32, train_steps=steps)
 
 
 @hookimpl
@@ -79,6 +81,6 @@ def harness_tasks() -> list[Task]:
             name="synthetic",
             load=load,
             description="generated sentiment with negation and contrast (no download; the default)",
-            options={"data_seed": 2019},
+            options={"data_seed": 2019, "train_steps": 200},
         )
     ]

@@ -1,0 +1,149 @@
+"""Conformance checks every plugin must pass, reusable by third-party packages.
+
+In a plugin's own test suite::
+
+    import pytest
+    from harness import conformance
+
+    @pytest.mark.parametrize("item", conformance.registered(), ids=conformance.item_id)
+    def test_conformance(item):
+        conformance.check_plugin(item.record)
+
+The checks run each role's function on a tiny randomly initialised BERT built
+from a config (no download) and verify the contract of :mod:`harness.records`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+from harness.plugins import Registered, load_registry
+from harness.records import (
+    Adapter,
+    Pruner,
+    PruneRequest,
+    Scorer,
+    ScoreRequest,
+    Task,
+    TaskData,
+    TaskRequest,
+    TrainRequest,
+    TrainResult,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def registered(extra: tuple[object, ...] = ()) -> list[Registered]:
+    """Every plugin record installed (entry points) plus ``extra`` plugin objects."""
+    return list(load_registry(extra))
+
+
+def item_id(item: Registered) -> str:
+    return f"{item.role}:{item.record.name}"
+
+
+def tiny_bert(seed: int = 0, layers: int = 2, heads: int = 4) -> nn.Module:
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model(
+        "bert", vocab_size=64, hidden_size=8 * heads, num_attention_heads=heads, num_hidden_layers=layers,
+        intermediate_size=32, max_position_embeddings=32, num_labels=2,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def tiny_batches(count: int = 2, size: int = 4, tokens: int = 6, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(5, 64, (size, tokens), generator=generator)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.arange(size) % 2})
+    return batches
+
+
+def _check_common(record: Any) -> None:
+    assert record.name and record.name == record.name.strip(), "a plugin needs a non-empty name"
+    assert not set(record.name) & set(" ,.="), "names must be usable on the command line and in -o NAME.KEY=VALUE"
+    assert all(isinstance(k, str) and "." not in k for k in record.options), "option keys are plain strings"
+
+
+def check_scorer(scorer: Scorer) -> None:
+    """Finite scores of shape [L, H], deterministic for a seed, weights left untouched."""
+    import torch
+
+    from harness import surgery
+
+    model = tiny_bert()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    request = ScoreRequest(model, tiny_batches(), seed=0, options=dict(scorer.options))
+    scores = scorer.score(request)
+    geometry = surgery.head_geometry(model)
+    assert isinstance(scores, torch.Tensor), "a scorer returns a tensor"
+    if scorer.granularity == "head":
+        assert tuple(scores.shape) == (geometry.num_layers, max(geometry.heads_per_layer))
+    assert torch.isfinite(scores).all(), "scores must be finite"
+    again = scorer.score(ScoreRequest(tiny_bert(), tiny_batches(), seed=0, options=dict(scorer.options)))
+    assert torch.allclose(scores, again, atol=1e-6), "same model, data and seed must give the same scores"
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a scorer must not change the weights"
+
+
+def check_pruner(pruner: Pruner) -> None:
+    """A boolean keep-mask of the scores' shape that removes the requested fraction (within a unit)."""
+    import torch
+
+    scores = torch.rand(4, 6, generator=torch.Generator().manual_seed(0))
+    for sparsity in (0.0, 0.25, 0.5):
+        mask = pruner.compute_mask(PruneRequest(scores, sparsity, dict(pruner.options)))
+        assert mask.dtype == torch.bool and mask.shape == scores.shape, "keep-mask: bool, same shape"
+        removed = int((~mask).sum())
+        assert abs(removed - sparsity * scores.numel()) <= scores.shape[0], f"removed {removed} at {sparsity}"
+    ranked = pruner.compute_mask(PruneRequest(torch.arange(24.0).reshape(4, 6), 0.25, dict(pruner.options)))
+    assert bool(ranked[:, -1].all()), "the most important unit of each row is kept"
+
+
+def check_adapter(adapter: Adapter) -> None:
+    """Trains for exactly the given steps and returns a model that still runs."""
+    import torch
+
+    model = tiny_bert()
+    batches = tiny_batches(count=3)
+    result = adapter.train(TrainRequest(model, iter(batches), 3, 1e-3, 0, dict(adapter.options)))
+    assert isinstance(result, TrainResult)
+    assert result.steps == 3 and result.trainable_params > 0
+    assert math.isfinite(result.final_loss)
+    with torch.inference_mode():
+        logits = result.model(input_ids=batches[0]["input_ids"]).logits
+    assert logits.shape == (4, 2) and torch.isfinite(logits).all()
+
+
+def check_task(task: Task, request: TaskRequest | None = None) -> None:
+    """Loads without a network when it can (built-in or local data) and gives well-formed splits."""
+    data = task.load(request or TaskRequest(None, 0, dict(task.options)))
+    assert isinstance(data, TaskData)
+    for split in (data.train, data.validation):
+        assert len(split) > 0
+        assert set(split.labels) <= set(range(len(data.label_names)))
+    assert len(set(data.validation.labels)) > 1, "a validation split with one label cannot rank methods"
+
+
+CHECKS: dict[type, Callable[..., None]] = {
+    Scorer: check_scorer,
+    Pruner: check_pruner,
+    Adapter: check_adapter,
+    Task: check_task,
+}
+
+
+def check_plugin(record: Any, **kwargs: Any) -> None:
+    """Run the common checks and the checks of the record's role."""
+    _check_common(record)
+    CHECKS[type(record)](record, **kwargs)

@@ -1,0 +1,135 @@
+"""The command line: bad input is one line on stderr and exit 2; a grid runs end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness import Scorer, hookimpl
+from harness.cli import main
+from harness.leaderboard import COLUMNS
+
+FAST = ["--train-steps", "3", "--calib-examples", "16", "--latency-batch", "2", "--latency-tokens", "8",
+        "--eval-limit", "32", "--no-progress"]
+
+
+def error_of(capsys, argv: list[str]) -> str:
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("harness: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["bench", "--plugins", "nope"], "unknown plugin 'nope'"),
+        (["bench", "--plugins", "sst2"], "it is a task"),
+        (["bench", "--tasks", "nope"], "unknown task 'nope'"),
+        (["bench", "--sparsities", "1.0"], "sparsity 1.0 is outside [0, 1)"),
+        (["bench", "--sparsities", "-0.1"], "outside [0, 1)"),
+        (["bench", "--sparsities", "half"], "sparsity 'half' is not a number"),
+        (["bench", "--seeds", "1.5"], "seed '1.5' is not an integer"),
+        (["bench", "-o", "heads.nope=1"], "has no option 'nope'"),
+        (["bench", "-o", "heads.min_heads_per_layer=x"], "takes a int"),
+        (["bench", "-o", "head-gradient.normalize=maybe"], "takes true or false"),
+        (["bench", "-o", "novalue"], "PLUGIN.KEY=VALUE"),
+        (["bench", "--data-dir", "/no/such/folder"], "is not a folder"),
+        (["bench", "--bogus"], "unrecognized arguments"),
+        (["nothing"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv: list[str], expected: str) -> None:
+    assert expected in error_of(capsys, argv)
+
+
+def test_missing_data_file(capsys, tmp_path: Path) -> None:
+    line = error_of(capsys, ["bench", "--tasks", "sst2", "--data-dir", str(tmp_path)])
+    assert "data file not found" in line and "sst2/train.tsv" in line
+
+
+def test_missing_label_column(capsys, tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("text,target\na,0\nb,1\n")
+    (tmp_path / "task.yaml").write_text(
+        "name: t\ntrain: train.csv\nvalidation: train.csv\ntext_columns: [text]\nlabel_column: label\nlabel_names: [a, b]\n"
+    )
+    line = error_of(capsys, ["bench", "--tasks", str(tmp_path / "task.yaml")])
+    assert "no column 'label'" in line and "text, target" in line
+
+
+def test_model_folder_without_config(capsys, tmp_path: Path) -> None:
+    assert "has no config.json" in error_of(capsys, ["bench", "--models", str(tmp_path)])
+
+
+def test_unknown_model_in_a_subprocess_has_no_traceback() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "bench", "--models", "no-such-org/no-such-model"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "unknown model 'no-such-org/no-such-model'" in done.stderr
+
+
+def test_list_shows_every_builtin_with_its_distribution(capsys) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for role, name in [("scorer", "head-gradient"), ("scorer", "random"), ("pruner", "heads"),
+                       ("adapter", "finetune"), ("task", "sst2"), ("task", "synthetic")]:
+        line = next(line for line in out.splitlines() if f" {name} " in f" {line} " and line.startswith(role))
+        assert "prune-harness" in line
+
+
+def test_bench_end_to_end_on_a_tiny_model(capsys, tiny_model_dir, tmp_path: Path) -> None:
+    model = tiny_model_dir("bert")
+    out = tmp_path / "out"
+    argv = ["bench", "--models", str(model), "--sparsities", "0.25,0.5", "--seeds", "0", "1", "--out", str(out), *FAST]
+    assert main(argv) == 0
+    frame = pd.read_csv(out / "leaderboard.csv")
+    assert tuple(frame.columns) == COLUMNS
+    assert len(frame) == 2 * (1 + 2 * 2)  # seeds × (dense + scorers × sparsities)
+    assert (frame["status"] == "ok").all()
+    dense = frame[frame["sparsity"] == 0]
+    assert set(dense["scorer"]) == {"none"} and (dense["heads_kept"] == 12).all()
+    pruned = frame[frame["sparsity"] == 0.5]
+    assert (pruned["heads_kept"] == 6).all() and (pruned["params"] < dense["params"].iloc[0]).all()
+    assert frame["run_id"].is_unique
+    assert frame["latency_ms"].gt(0).all() and frame["speedup"].gt(0).all()
+    assert "accuracy by sparsity" in capsys.readouterr().out
+    assert main(argv) == 0  # a second run appends; it never truncates what is there
+    again = pd.read_csv(out / "leaderboard.csv")
+    assert len(again) == 2 * len(frame)
+    assert list(again["run_id"][: len(frame)]) == list(frame["run_id"])
+
+
+class Exploding:
+    """A third-party scorer that fails: it must cost only its own cells."""
+
+    @hookimpl
+    def harness_scorers(self):
+        def score(request):
+            raise RuntimeError("scorer exploded")
+
+        return [Scorer("exploding", "head", score)]
+
+
+def test_failing_plugin_costs_only_its_cells(capsys, tiny_model_dir, tmp_path: Path) -> None:
+    model = tiny_model_dir("bert")
+    out = tmp_path / "out"
+    argv = ["bench", "--models", str(model), "--sparsities", "0.5", "--out", str(out), *FAST]
+    assert main(argv, extra=[Exploding()]) == 1
+    frame = pd.read_csv(out / "leaderboard.csv", keep_default_na=False)
+    failed = frame[frame["status"] == "error"]
+    assert list(failed["scorer"]) == ["exploding"]
+    assert "RuntimeError: scorer exploded" in failed["error"].iloc[0]
+    assert set(frame[frame["status"] == "ok"]["scorer"]) == {"none", "head-gradient", "random"}
+    assert "failed: exploding/heads" in capsys.readouterr().out
