@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import torch
+from harness_plugins import head_gradient, sst2, synthetic
 
 from harness import ScoreRequest, TaskRequest, data, modeling
 from harness.models import load_classifier, resolve
-from harness_plugins import head_gradient, sst2, synthetic
 
 
 def plain_forward_backward(model, batches) -> None:

@@ -12,8 +12,8 @@ import pluggy
 from harness.records import (
     Adapter,
     Batch,
-    PruneRequest,
     Pruner,
+    PruneRequest,
     Scorer,
     ScoreRequest,
     Split,

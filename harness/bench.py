@@ -7,21 +7,23 @@ to the leaderboard as soon as it exists; a failing plugin costs only its cells.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from harness import data as taskdata
-from harness import leaderboard
+from harness import tracking
 from harness.errors import UsageError
-from harness.models import ModelSource, load_classifier, resolve_all
-from harness.plugins import Registry, options_for, options_label
-from harness.records import Adapter, Pruner, PruneRequest, Scorer, ScoreRequest, Task, TaskData, TaskRequest, TrainRequest
+from harness.models import ModelSource, resolve_all
+from harness.plugins import Registry, options_for
+from harness.records import (
+    Adapter,
+    Pruner,
+    Scorer,
+    Task,
+    TaskData,
+    TaskRequest,
+)
 
 SUPPORTED_GRANULARITIES = ("head",)
 DEFAULT_TASK = "synthetic"
@@ -47,6 +49,7 @@ class BenchConfig:
     latency_batch: int = 32
     latency_tokens: int = 128
     eval_limit: int | None = None
+    tensorboard: Path | None = None
 
 
 @dataclass
@@ -123,6 +126,8 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
             raise UsageError(f"sparsity {s} is outside [0, 1)")
     if (config.train_steps or 0) < 0 or config.batch_size < 1 or config.calib_examples < 1:
         raise UsageError("--train-steps must be >= 0, --batch-size and --calib-examples >= 1")
+    if config.tensorboard is not None:
+        tracking.check_available()
     chosen = _select(registry, config.plugins)
     methods = _pair(chosen["scorer"], chosen["pruner"])
     tasks = _load_tasks(config, registry, overrides)

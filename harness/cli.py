@@ -53,6 +53,7 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     add("--latency-batch", type=int, default=32)
     add("--latency-tokens", type=int, default=128)
     add("--eval-limit", type=int, default=None, help="evaluate on the first N validation examples only")
+    add("--tensorboard", type=Path, default=None, metavar="DIR", help="write per-run TensorBoard scalars here")
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -85,6 +86,7 @@ def _config(args: argparse.Namespace) -> object:
         latency_batch=args.latency_batch,
         latency_tokens=args.latency_tokens,
         eval_limit=args.eval_limit,
+        tensorboard=args.tensorboard,
     )
 
 

@@ -75,6 +75,16 @@ def _check_common(record: Any) -> None:
     assert all(isinstance(k, str) and "." not in k for k in record.options), "option keys are plain strings"
 
 
+def _score_request(scorer: Scorer, model: nn.Module) -> ScoreRequest:
+    """Calibration batches, plus a budget and a training stream for scorers that learn."""
+
+    def train_batches(steps: int) -> list[dict[str, torch.Tensor]]:
+        return tiny_batches(count=steps, seed=1)
+
+    sparsity = 0.5 if scorer.per_sparsity else None
+    return ScoreRequest(model, tiny_batches(), 0, dict(scorer.options), sparsity, train_batches)
+
+
 def check_scorer(scorer: Scorer) -> None:
     """Finite scores of shape [L, H], deterministic for a seed, weights left untouched."""
     import torch
@@ -83,14 +93,13 @@ def check_scorer(scorer: Scorer) -> None:
 
     model = tiny_bert()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    request = ScoreRequest(model, tiny_batches(), seed=0, options=dict(scorer.options))
-    scores = scorer.score(request)
+    scores = scorer.score(_score_request(scorer, model))
     geometry = surgery.head_geometry(model)
     assert isinstance(scores, torch.Tensor), "a scorer returns a tensor"
     if scorer.granularity == "head":
         assert tuple(scores.shape) == (geometry.num_layers, max(geometry.heads_per_layer))
     assert torch.isfinite(scores).all(), "scores must be finite"
-    again = scorer.score(ScoreRequest(tiny_bert(), tiny_batches(), seed=0, options=dict(scorer.options)))
+    again = scorer.score(_score_request(scorer, tiny_bert()))
     assert torch.allclose(scores, again, atol=1e-6), "same model, data and seed must give the same scores"
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "a scorer must not change the weights"

@@ -32,6 +32,7 @@ COLUMNS = (
     "speedup",
     "scoring_s",
     "train_s",
+    "extras",
     "status",
     "error",
 )

@@ -72,12 +72,19 @@ class TaskRequest:
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """A dense, fine-tuned model and the calibration batches (each carries ``labels``)."""
+    """A dense, fine-tuned model and the calibration batches (each carries ``labels``).
+
+    Scorers that learn (``Scorer.per_sparsity``) also get the target ``sparsity``
+    and ``train_batches(steps)``, which yields that many shuffled training batches.
+    """
 
     model: nn.Module
     batches: Sequence[Batch]
     seed: int
     options: Mapping[str, Any] = field(default_factory=dict)
+    sparsity: float | None = None
+    train_batches: Callable[[int], Iterable[Batch]] | None = None
+    log: Callable[[str, float, int], None] = _no_log
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,8 @@ class Scorer:
     """Importance of units: returns a float tensor, higher means more important.
 
     For ``granularity="head"`` the tensor has shape ``[num_layers, num_heads]``.
+    A scorer whose scores depend on the budget (learned gates) sets
+    ``per_sparsity=True`` and is run once per sparsity instead of once.
     """
 
     name: str
@@ -124,6 +133,7 @@ class Scorer:
     score: Callable[[ScoreRequest], torch.Tensor]
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    per_sparsity: bool = False
 
 
 @dataclass(frozen=True)

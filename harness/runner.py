@@ -20,6 +20,7 @@ from harness.bench import Plan
 from harness.models import ModelSource, load_classifier
 from harness.plugins import options_for, options_label
 from harness.records import Adapter, Pruner, PruneRequest, Scorer, ScoreRequest, Task, TaskData, TrainRequest
+from harness.tracking import Scalars, recording
 
 Row = dict[str, Any]
 DEFAULT_TRAIN_STEPS = 300
@@ -42,6 +43,15 @@ def _error_text(error: BaseException) -> str:
     return text[:300]
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A scorer's output, its wall time and the last value of every scalar it logged."""
+
+    values: Any
+    seconds: float
+    extras: dict[str, float]
+
+
 @dataclass
 class Unit:
     """One (model, task, adapter, seed): the fine-tuned dense model and what every cell shares."""
@@ -53,6 +63,7 @@ class Unit:
     adapter: Adapter
     seed: int
     write: Callable[[Row], None]
+    scalars: Scalars
     model: Any = None
     tokenizer: Any = None
     eval_batches: list = field(default_factory=list)
@@ -96,6 +107,10 @@ class Unit:
         else:
             reference, latency = modeling.compare_latency_ms([self.model, model], self.latency_input)
         score = taskdata.metric_value(self.data.metric, labels, predictions, len(self.data.label_names))
+        log = self.scalars.logger(f"cell-{row['run_id']}")
+        log(f"eval/{self.data.metric}", score, 0)
+        log("eval/heads_kept", geometry.total_heads, 0)
+        log("eval/latency_ms", latency, 0)
         return {
             **row,
             "heads_kept": geometry.total_heads,
@@ -119,7 +134,8 @@ class Unit:
             self.tokenizer, self.data.train, self.train_steps, c.batch_size, self.data.max_length, self.seed
         )
         request = TrainRequest(
-            self.model, stream, self.train_steps, c.learning_rate, self.seed, options_for(self.adapter, self.plan.overrides)
+            self.model, stream, self.train_steps, c.learning_rate, self.seed,
+            options_for(self.adapter, self.plan.overrides), self.scalars.logger(f"{self.adapter.name}-{self.row(None, None, 0.0)['run_id']}"),
         )
         start = time.perf_counter()
         result = self.adapter.train(request)
@@ -131,12 +147,21 @@ class Unit:
     def dense(self) -> Row:
         return self.measure(self.model, {**self.row(None, None, 0.0), "scoring_s": 0.0})
 
-    def scores(self, scorer: Scorer) -> tuple[Any, float]:
+    def train_batches(self, steps: int) -> Any:
+        c = self.plan.config
+        return taskdata.training_stream(self.tokenizer, self.data.train, steps, c.batch_size, self.data.max_length, self.seed)
+
+    def scores(self, scorer: Scorer, sparsity: float | None) -> Scored:
+        """Run a scorer on a copy of the dense model (once, or once per sparsity if it learns)."""
         c = self.plan.config
         indices = taskdata.calibration_indices(self.data.train, c.calib_examples, self.seed)
         batches = taskdata.batches(self.tokenizer, self.data.train, c.batch_size, self.data.max_length, indices)
         model = copy.deepcopy(self.model)
-        request = ScoreRequest(model, batches, self.seed, options_for(scorer, self.plan.overrides))
+        label = self.row(scorer, None, sparsity or 0.0)["run_id"]
+        extras: dict[str, float] = {}
+        log = recording(self.scalars.logger(f"{scorer.name}-{label}"), extras)
+        options = options_for(scorer, self.plan.overrides)
+        request = ScoreRequest(model, batches, self.seed, options, sparsity, self.train_batches, log)
         start = time.perf_counter()
         values = scorer.score(request)
         elapsed = time.perf_counter() - start
@@ -144,15 +169,18 @@ class Unit:
         expected = (geometry.num_layers, max(geometry.heads_per_layer))
         if tuple(values.shape) != expected:
             raise ValueError(f"scorer {scorer.name!r} returned shape {tuple(values.shape)}, expected {expected}")
-        return values.detach().float().cpu(), elapsed
+        return Scored(values.detach().float().cpu(), elapsed, extras)
 
-    def pruned(self, scorer: Scorer, pruner: Pruner, scores: Any, sparsity: float, scoring_s: float) -> Row:
+    def pruned(self, scorer: Scorer, pruner: Pruner, scored: Scored, sparsity: float) -> Row:
+        scores = scored.values
         request = PruneRequest(scores, sparsity, options_for(pruner, self.plan.overrides))
         keep = pruner.compute_mask(request)
         if tuple(keep.shape) != tuple(scores.shape):
             raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(keep.shape)}")
         model = surgery.remove_heads(copy.deepcopy(self.model), keep.bool())
-        return self.measure(model, {**self.row(scorer, pruner, sparsity), "scoring_s": round(scoring_s, 3)})
+        extras = json.dumps({k: round(v, 6) for k, v in sorted(scored.extras.items())}) if scored.extras else ""
+        row = {**self.row(scorer, pruner, sparsity), "scoring_s": round(scored.seconds, 3), "extras": extras}
+        return self.measure(model, row)
 
     def error_row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float, error: BaseException) -> Row:
         return {**self.row(scorer, pruner, sparsity), "status": "error", "error": _error_text(error)}
@@ -171,19 +199,20 @@ def _run_unit(unit: Unit, tick: Callable[[str], None]) -> None:
         tick("")
         return
     tick("dense")
-    computed: dict[str, tuple[Any, float] | BaseException] = {}
+    computed: dict[tuple[str, float | None], Scored | BaseException] = {}
     for scorer, pruner, sparsity in cells:
         label = f"{scorer.name}/{pruner.name}@{sparsity}"
-        if scorer.name not in computed:
+        key = (scorer.name, sparsity if scorer.per_sparsity else None)
+        if key not in computed:
             try:
-                computed[scorer.name] = unit.scores(scorer)
+                computed[key] = unit.scores(scorer, key[1])
             except Exception as error:
-                computed[scorer.name] = error
-        outcome = computed[scorer.name]
+                computed[key] = error
+        outcome = computed[key]
         try:
             if isinstance(outcome, BaseException):
                 raise outcome
-            unit.write(unit.pruned(scorer, pruner, outcome[0], sparsity, outcome[1]))
+            unit.write(unit.pruned(scorer, pruner, outcome, sparsity))
         except Exception as error:
             unit.write(unit.error_row(scorer, pruner, sparsity, error))
         tick(label)
@@ -200,12 +229,13 @@ def execute(plan: Plan, progress: bool = True) -> Any:
         leaderboard.append(path, [row])
         rows.append(row)
 
+    scalars = Scalars(plan.config.tensorboard)
     bar = tqdm(total=plan.total_cells(), disable=not progress, unit="cell", dynamic_ncols=True)
     for source in plan.models:
         for task, data in plan.tasks:
             for adapter in plan.adapters:
                 for seed in plan.config.seeds:
-                    unit = Unit(plan, source, task, data, adapter, seed, write)
+                    unit = Unit(plan, source, task, data, adapter, seed, write, scalars)
                     bar.set_description(f"{source.name} × {task.name} × {adapter.name} seed {seed}: fine-tuning")
 
                     def tick(label: str, unit: Unit = unit) -> None:
@@ -214,6 +244,7 @@ def execute(plan: Plan, progress: bool = True) -> Any:
 
                     _run_unit(unit, tick)
     bar.close()
+    scalars.close()
     import pandas as pd
 
     return pd.DataFrame(rows).reindex(columns=list(leaderboard.COLUMNS))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness import PruneRequest, Pruner, hookimpl
+from harness import Pruner, PruneRequest, hookimpl
 
 if TYPE_CHECKING:
     import torch

@@ -15,7 +15,7 @@ from harness.cli import main
 from harness.leaderboard import COLUMNS
 
 FAST = ["--train-steps", "3", "--calib-examples", "16", "--latency-batch", "2", "--latency-tokens", "8",
-        "--eval-limit", "32", "--no-progress"]
+        "--eval-limit", "32", "--no-progress", "-o", "l0-gates.steps=5"]
 
 
 def error_of(capsys, argv: list[str]) -> str:
@@ -96,7 +96,7 @@ def test_bench_end_to_end_on_a_tiny_model(capsys, tiny_model_dir, tmp_path: Path
     assert main(argv) == 0
     frame = pd.read_csv(out / "leaderboard.csv")
     assert tuple(frame.columns) == COLUMNS
-    assert len(frame) == 2 * (1 + 2 * 2)  # seeds × (dense + scorers × sparsities)
+    assert len(frame) == 2 * (1 + 3 * 2)  # seeds × (dense + scorers × sparsities)
     assert (frame["status"] == "ok").all()
     dense = frame[frame["sparsity"] == 0]
     assert set(dense["scorer"]) == {"none"} and (dense["heads_kept"] == 12).all()
@@ -131,5 +131,36 @@ def test_failing_plugin_costs_only_its_cells(capsys, tiny_model_dir, tmp_path: P
     failed = frame[frame["status"] == "error"]
     assert list(failed["scorer"]) == ["exploding"]
     assert "RuntimeError: scorer exploded" in failed["error"].iloc[0]
-    assert set(frame[frame["status"] == "ok"]["scorer"]) == {"none", "head-gradient", "random"}
+    assert set(frame[frame["status"] == "ok"]["scorer"]) == {"none", "head-gradient", "l0-gates", "random"}
     assert "failed: exploding/heads" in capsys.readouterr().out
+
+
+class Counting:
+    """Scorers that count their calls: a plain one runs once per unit, a learning one once per sparsity."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float | None]] = []
+
+    @hookimpl
+    def harness_scorers(self):
+        import torch
+
+        def make(name: str):
+            def score(request):
+                self.calls.append((name, request.sparsity))
+                request.log("probe/value", 3.5, 1)
+                return torch.rand(3, 4, generator=torch.Generator().manual_seed(request.seed))
+
+            return score
+
+        return [Scorer("once", "head", make("once")), Scorer("per-budget", "head", make("per-budget"), per_sparsity=True)]
+
+
+def test_scores_are_computed_once_or_once_per_sparsity(tiny_model_dir, tmp_path: Path) -> None:
+    counting = Counting()
+    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "once,per-budget",
+            "--sparsities", "0.25,0.5,0.75", "--out", str(tmp_path / "out"), *FAST]
+    assert main(argv, extra=[counting]) == 0
+    assert sorted(counting.calls) == [("once", None), ("per-budget", 0.25), ("per-budget", 0.5), ("per-budget", 0.75)]
+    frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv", keep_default_na=False)
+    assert set(frame[frame["scorer"] != "none"]["extras"]) == {'{"probe/value": 3.5}'}

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import SHARED_DATA
 
 from harness import conformance
 from harness.records import TaskRequest
-
-from conftest import SHARED_DATA
 
 ITEMS = conformance.registered()
 

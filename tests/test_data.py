@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
+from harness_plugins import sst2, synthetic
 from sklearn import metrics
 
 from harness import TaskRequest, data
 from harness.errors import UsageError
-from harness_plugins import sst2, synthetic
-
-from conftest import SHARED_DATA
 
 
 def test_task_file_with_two_text_columns_and_label_names(tmp_path: Path) -> None:

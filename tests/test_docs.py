@@ -14,11 +14,10 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from harness import conformance, hookspecs, records
 from harness.plugins import ROLE_HOOKS
-
-from conftest import REPO
 
 DOCS = REPO / "docs" / "plugins.md"
 TEXT = DOCS.read_text()

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 from conftest import ARCHITECTURES, batch_for, tiny_config, tiny_model
+from harness_plugins import finetune, head_gradient, head_pruner, random_scores
 
 from harness import PruneRequest, ScoreRequest, TrainRequest, modeling, surgery
-from harness_plugins import finetune, head_gradient, head_pruner, random_scores
 
 
 @pytest.fixture(autouse=True, scope="module")

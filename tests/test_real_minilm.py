@@ -7,13 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import SHARED_DATA
+from harness_plugins import sst2
 
 from harness import TaskRequest, data, modeling, surgery
 from harness.cli import main
 from harness.models import MINILM_SHA256, load_classifier, resolve, sha256_of
-from harness_plugins import sst2
-
-from conftest import SHARED_DATA
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs ../shared/data")
 
@@ -46,10 +45,12 @@ def test_bench_on_minilm_and_a_slice_of_sst2(tmp_path: Path) -> None:
         "bench", "--tasks", "sst2", "--data-dir", str(SHARED_DATA), "--sparsities", "0.5", "--seeds", "0",
         "--train-steps", "60", "--eval-limit", "300", "--calib-examples", "64",
         "--latency-batch", "8", "--latency-tokens", "64", "--out", str(out), "--no-progress",
+        "-o", "l0-gates.steps=40",
     ])
     assert status == 0
     frame = pd.read_csv(out / "leaderboard.csv").set_index("scorer")
-    assert set(frame.index) == {"none", "head-gradient", "random"}
+    assert set(frame.index) == {"none", "head-gradient", "l0-gates", "random"}
+    assert frame.loc["l0-gates", "heads_kept"] == 36, "the L0 gates fill the head budget exactly"
     dense = frame.loc["none"]
     assert dense["score"] > 0.70, "60 steps of fine-tuning learn SST-2 well above chance"
     assert dense["heads_kept"] == 72 and frame.loc["random", "heads_kept"] == 36

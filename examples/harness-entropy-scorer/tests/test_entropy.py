@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from harness_entropy.plugin import harness_scorers
 
 from harness import ScoreRequest, conformance
-from harness_entropy.plugin import harness_scorers
 
 SCORER = harness_scorers()[0]
 

@@ -1,0 +1,159 @@
+"""Scorer ``l0-gates``: learned stochastic head gates (Voita et al. 2019), budgeted like CoFi.
+
+Every head gets a learnable log-alpha; during training its gate is sampled from
+the stretched hard-concrete distribution (Louizos et al. 2018, limits (-0.1, 1.1))
+and applied through the harness's own head gates (no second masking path). The
+objective is task loss + a penalty on the expected L0 norm, sum_h P(gate_h != 0):
+
+- ``lambda_mode=target`` (default): a Lagrangian controller (CoFi) drives the
+  expected number of open heads to the budget of the requested sparsity;
+- ``lambda_mode=fixed``: task loss + ``l0_lambda`` * E[L0] (Voita's sweep).
+
+The scores are the final log-alphas: the ``heads`` pruner keeps the top heads
+by log-alpha, which fills the budget exactly, and removes the rest physically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from harness import Scorer, ScoreRequest, hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+LIMIT_L, LIMIT_R = -0.1, 1.1
+OPTIONS = {
+    "steps": 300,
+    "lr": 0.1,
+    "temperature": 2 / 3,  # Louizos / CoFi; Voita used 1/3
+    "lambda_mode": "target",
+    "l0_lambda": 0.01,
+    "lagrangian_lr": 0.05,
+    "init_log_alpha": 3.0,
+    "train_encoder": False,
+}
+
+
+def open_probability(log_alpha: torch.Tensor, temperature: float) -> torch.Tensor:
+    """P(gate != 0) in closed form: sigmoid(log_alpha - temperature * log(-l / r))."""
+    import torch
+
+    return torch.sigmoid(log_alpha - temperature * math.log(-LIMIT_L / LIMIT_R))
+
+
+def sample_gates(log_alpha: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A differentiable hard-concrete sample in [0, 1] with exact zeros and ones."""
+    import torch
+
+    u = torch.rand(log_alpha.shape, generator=generator).clamp(1e-6, 1 - 1e-6)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / temperature)
+    return (s * (LIMIT_R - LIMIT_L) + LIMIT_L).clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """Final log-alphas and the state of training at its last step."""
+
+    log_alpha: torch.Tensor
+    expected_open: float
+    target_open: float | None
+    converged_fraction: float  # heads with P(open) < 0.05 or > 0.95
+    steps: int
+
+
+def _penalty(expected: torch.Tensor, target: float | None, total: int, lambdas: torch.Tensor, options: dict) -> torch.Tensor:
+    if target is None:
+        return float(options["l0_lambda"]) * expected
+    gap = (expected - target) / total  # CoFi: relative to the model's size
+    return lambdas[0] * gap + lambdas[1] * gap * gap
+
+
+def train_gates(request: ScoreRequest) -> GateResult:
+    """Learn the gates on the task's training split; the model's weights stay frozen by default."""
+    import torch
+
+    from harness import modeling, surgery
+
+    options = {**OPTIONS, **request.options}
+    if options["lambda_mode"] not in ("target", "fixed"):
+        raise ValueError(f"l0-gates: lambda_mode must be 'target' or 'fixed', not {options['lambda_mode']!r}")
+    if request.train_batches is None:
+        raise ValueError("l0-gates needs training batches (ScoreRequest.train_batches)")
+    model, steps, temperature = request.model, int(options["steps"]), float(options["temperature"])
+    heads = surgery.head_geometry(model).heads_per_layer
+    total = sum(heads)
+    target = None
+    if options["lambda_mode"] == "target":
+        if request.sparsity is None:
+            raise ValueError("l0-gates with lambda_mode=target needs a sparsity")
+        target = float(total - round(request.sparsity * total))
+    generator = torch.Generator().manual_seed(request.seed)
+    log_alpha = torch.full((len(heads), max(heads)), float(options["init_log_alpha"]))
+    log_alpha = (log_alpha + 0.01 * torch.randn(log_alpha.shape, generator=generator)).requires_grad_(True)
+    lambdas = torch.zeros(2, requires_grad=True)
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    groups = [{"params": [log_alpha], "lr": float(options["lr"])}]
+    if options["train_encoder"]:  # jointly: the model's weights move too, with dropout on
+        groups.append({"params": [p for p, wanted in flags if wanted], "lr": 2e-5})
+        model.train()
+    else:  # frozen: only gates learn, deterministically
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        model.eval()
+    optimizer = torch.optim.Adam(groups)
+    controller = torch.optim.Adam([lambdas], lr=float(options["lagrangian_lr"]), maximize=True)
+    step = 0
+    with surgery.HeadGates(model) as gates:
+        for step, batch in enumerate(request.train_batches(steps), start=1):
+            gates.gate = sample_gates(log_alpha, temperature, generator)
+            task_loss = modeling.per_example_loss(model, batch).mean()
+            expected = open_probability(log_alpha, temperature).sum()
+            loss = task_loss + _penalty(expected, target, total, lambdas, options)
+            optimizer.zero_grad(set_to_none=True)
+            controller.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if target is not None:
+                controller.step()
+            _log(request, step, task_loss, expected, log_alpha, temperature, lambdas)
+    model.eval()
+    for parameter, wanted in flags:
+        parameter.requires_grad_(wanted)
+    return _result(log_alpha.detach(), temperature, target, step)
+
+
+def _log(request: ScoreRequest, step: int, task_loss, expected, log_alpha, temperature: float, lambdas) -> None:
+    request.log("l0/task_loss", float(task_loss.detach()), step)
+    request.log("l0/expected_l0", float(expected.detach()), step)
+    request.log("l0/open_gates", float((open_probability(log_alpha, temperature) > 0.5).sum()), step)
+    request.log("l0/lambda1", float(lambdas[0]), step)
+    request.log("l0/lambda2", float(lambdas[1]), step)
+
+
+def _result(log_alpha: torch.Tensor, temperature: float, target: float | None, steps: int) -> GateResult:
+    probability = open_probability(log_alpha, temperature)
+    converged = float(((probability < 0.05) | (probability > 0.95)).float().mean())
+    return GateResult(log_alpha, float(probability.sum()), target, converged, steps)
+
+
+def score(request: ScoreRequest) -> torch.Tensor:
+    result = train_gates(request)
+    request.log("l0/converged_fraction", result.converged_fraction, result.steps)
+    return result.log_alpha
+
+
+@hookimpl
+def harness_scorers() -> list[Scorer]:
+    return [
+        Scorer(
+            name="l0-gates",
+            granularity="head",
+            score=score,
+            description="hard-concrete head gates trained to the head budget (Voita et al. 2019; CoFi)",
+            options=OPTIONS,
+            per_sparsity=True,
+        )
+    ]
