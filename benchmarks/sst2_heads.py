@@ -37,7 +37,7 @@ def flop_ideal(sparsity: float) -> float:
 def report(frame: pd.DataFrame) -> None:
     ok = frame[frame["status"] == "ok"]
     dense = ok[ok["sparsity"] == 0]["score"]
-    print(f"cells: {len(frame)} ({len(ok)} ok); seeds {sorted(ok['seed'].unique())}")
+    print(f"cells: {len(frame)} ({len(ok)} ok); seeds {sorted(int(s) for s in ok['seed'].unique())}")
     print(f"dense accuracy: {dense.mean():.4f} ± {dense.std():.4f} (n={len(dense)}; target mean >= 0.85)")
     pruned = ok[ok["sparsity"] > 0]
     table = pruned.groupby(["scorer", "sparsity"])["score"].agg(["mean", "std", "count"]).unstack("scorer")

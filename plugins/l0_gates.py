@@ -27,12 +27,13 @@ if TYPE_CHECKING:
 LIMIT_L, LIMIT_R = -0.1, 1.1
 OPTIONS = {
     "steps": 300,
-    "lr": 0.1,
+    "lr": 0.2,
     "temperature": 2 / 3,  # Louizos / CoFi; Voita used 1/3
     "lambda_mode": "target",
     "l0_lambda": 0.01,
-    "lagrangian_lr": 0.05,
-    "init_log_alpha": 3.0,
+    "lagrangian_lr": 0.5,
+    "target_warmup": 0.5,  # CoFi: the budget tightens linearly over this share of the steps
+    "init_log_alpha": 1.0,
     "train_encoder": False,
 }
 
@@ -69,6 +70,15 @@ def _penalty(expected: torch.Tensor, target: float | None, total: int, lambdas: 
         return float(options["l0_lambda"]) * expected
     gap = (expected - target) / total  # CoFi: relative to the model's size
     return lambdas[0] * gap + lambdas[1] * gap * gap
+
+
+def _target_at(step: int, steps: int, target: float | None, total: int, options: dict) -> float | None:
+    """The budget at ``step``: from all heads down to ``target`` over the warm-up, then fixed."""
+    if target is None:
+        return None
+    warmup = float(options["target_warmup"]) * steps
+    fraction = min(1.0, step / warmup) if warmup > 0 else 1.0
+    return total - (total - target) * fraction
 
 
 def train_gates(request: ScoreRequest) -> GateResult:
@@ -111,7 +121,7 @@ def train_gates(request: ScoreRequest) -> GateResult:
             gates.gate = sample_gates(log_alpha, temperature, generator)
             task_loss = modeling.per_example_loss(model, batch).mean()
             expected = open_probability(log_alpha, temperature).sum()
-            loss = task_loss + _penalty(expected, target, total, lambdas, options)
+            loss = task_loss + _penalty(expected, _target_at(step, steps, target, total, options), total, lambdas, options)
             optimizer.zero_grad(set_to_none=True)
             controller.zero_grad(set_to_none=True)
             loss.backward()
@@ -129,8 +139,8 @@ def _log(request: ScoreRequest, step: int, task_loss, expected, log_alpha, tempe
     request.log("l0/task_loss", float(task_loss.detach()), step)
     request.log("l0/expected_l0", float(expected.detach()), step)
     request.log("l0/open_gates", float((open_probability(log_alpha, temperature) > 0.5).sum()), step)
-    request.log("l0/lambda1", float(lambdas[0]), step)
-    request.log("l0/lambda2", float(lambdas[1]), step)
+    request.log("l0/lambda1", float(lambdas[0].detach()), step)
+    request.log("l0/lambda2", float(lambdas[1].detach()), step)
 
 
 def _result(log_alpha: torch.Tensor, temperature: float, target: float | None, steps: int) -> GateResult:

@@ -164,3 +164,20 @@ def test_scores_are_computed_once_or_once_per_sparsity(tiny_model_dir, tmp_path:
     assert sorted(counting.calls) == [("once", None), ("per-budget", 0.25), ("per-budget", 0.5), ("per-budget", 0.75)]
     frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv", keep_default_na=False)
     assert set(frame[frame["scorer"] != "none"]["extras"]) == {'{"probe/value": 3.5}'}
+
+
+def test_tensorboard_scalars_per_run(tiny_model_dir, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = tmp_path / "tb"
+    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "l0-gates", "--sparsities", "0.5",
+            "--out", str(tmp_path / "out"), "--tensorboard", str(board), *FAST]
+    assert main(argv) == 0
+    tags: dict[str, list[str]] = {}
+    for run in board.iterdir():
+        events = EventAccumulator(str(run))
+        events.Reload()
+        tags[run.name.split("-")[0]] = events.Tags()["scalars"]
+    assert len(tags["finetune"]) == 1 and tags["finetune"] == ["train/loss"]
+    assert {"l0/task_loss", "l0/expected_l0", "l0/open_gates", "l0/lambda1"} <= set(tags["l0"])
+    assert {"eval/accuracy", "eval/heads_kept", "eval/latency_ms"} <= set(tags["cell"])
