@@ -171,6 +171,6 @@ def options_for(record: Any, overrides: Mapping[str, Mapping[str, Any]]) -> dict
 
 
 def options_label(record: Any, overrides: Mapping[str, Mapping[str, Any]]) -> str:
-    """Only the options a user changed, as compact JSON ("" when none)."""
+    """Only the options a user changed, as ``name{compact JSON}`` ("" when none)."""
     changed = overrides.get(record.name, {})
-    return json.dumps(changed, sort_keys=True, separators=(",", ":")) if changed else ""
+    return f"{record.name}{json.dumps(changed, sort_keys=True, separators=(',', ':'))}" if changed else ""

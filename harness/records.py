@@ -125,7 +125,9 @@ class Scorer:
 
     For ``granularity="head"`` the tensor has shape ``[num_layers, num_heads]``.
     A scorer whose scores depend on the budget (learned gates) sets
-    ``per_sparsity=True`` and is run once per sparsity instead of once.
+    ``per_sparsity=True`` and is run once per sparsity instead of once. One that
+    trains the weights of the model it is given (gates learned jointly) sets
+    ``updates_model=True``: that model, not the dense base, is then pruned.
     """
 
     name: str
@@ -134,6 +136,7 @@ class Scorer:
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     per_sparsity: bool = False
+    updates_model: bool = False
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class Scored:
     values: Any
     seconds: float
     extras: dict[str, float]
+    model: Any = None  # the scorer's trained copy, when it updates the model
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Unit:
     def row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float) -> Row:
         """The identifying columns of a cell, with its content-hash run id."""
         c, o = self.plan.config, self.plan.overrides
-        labels = [options_label(r, o) for r in (self.adapter, scorer, pruner) if r is not None]
+        labels = [options_label(r, o) for r in (self.task, self.adapter, scorer, pruner) if r is not None]
         parts = {
             "model": self.source.name,
             "task": self.task.name,
@@ -133,10 +134,9 @@ class Unit:
         stream = taskdata.training_stream(
             self.tokenizer, self.data.train, self.train_steps, c.batch_size, self.data.max_length, self.seed
         )
-        request = TrainRequest(
-            self.model, stream, self.train_steps, c.learning_rate, self.seed,
-            options_for(self.adapter, self.plan.overrides), self.scalars.logger(f"{self.adapter.name}-{self.row(None, None, 0.0)['run_id']}"),
-        )
+        options = options_for(self.adapter, self.plan.overrides)
+        log = self.scalars.logger(f"{self.adapter.name}-{self.row(None, None, 0.0)['run_id']}")
+        request = TrainRequest(self.model, stream, self.train_steps, c.learning_rate, self.seed, options, log)
         start = time.perf_counter()
         result = self.adapter.train(request)
         self.train_s = time.perf_counter() - start
@@ -169,7 +169,7 @@ class Unit:
         expected = (geometry.num_layers, max(geometry.heads_per_layer))
         if tuple(values.shape) != expected:
             raise ValueError(f"scorer {scorer.name!r} returned shape {tuple(values.shape)}, expected {expected}")
-        return Scored(values.detach().float().cpu(), elapsed, extras)
+        return Scored(values.detach().float().cpu(), elapsed, extras, model if scorer.updates_model else None)
 
     def pruned(self, scorer: Scorer, pruner: Pruner, scored: Scored, sparsity: float) -> Row:
         scores = scored.values
@@ -177,7 +177,8 @@ class Unit:
         keep = pruner.compute_mask(request)
         if tuple(keep.shape) != tuple(scores.shape):
             raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(keep.shape)}")
-        model = surgery.remove_heads(copy.deepcopy(self.model), keep.bool())
+        base = scored.model if scored.model is not None else self.model
+        model = surgery.remove_heads(copy.deepcopy(base), keep.bool())
         extras = json.dumps({k: round(v, 6) for k, v in sorted(scored.extras.items())}) if scored.extras else ""
         row = {**self.row(scorer, pruner, sparsity), "scoring_s": round(scored.seconds, 3), "extras": extras}
         return self.measure(model, row)

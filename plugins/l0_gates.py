@@ -165,5 +165,6 @@ def harness_scorers() -> list[Scorer]:
             description="hard-concrete head gates trained to the head budget (Voita et al. 2019; CoFi)",
             options=OPTIONS,
             per_sparsity=True,
+            updates_model=True,  # with train_encoder=true the jointly trained weights are what gets pruned
         )
     ]

@@ -103,6 +103,8 @@ def test_bench_end_to_end_on_a_tiny_model(capsys, tiny_model_dir, tmp_path: Path
     pruned = frame[frame["sparsity"] == 0.5]
     assert (pruned["heads_kept"] == 6).all() and (pruned["params"] < dense["params"].iloc[0]).all()
     assert frame["run_id"].is_unique
+    assert set(frame[frame["scorer"] == "l0-gates"]["options"]) == {'l0-gates{"steps":5}'}
+    assert frame[frame["scorer"] == "random"]["options"].isna().all(), "only options a user changed are shown"
     assert frame["latency_ms"].gt(0).all() and frame["speedup"].gt(0).all()
     assert "accuracy by sparsity" in capsys.readouterr().out
     assert main(argv) == 0  # a second run appends; it never truncates what is there
@@ -181,3 +183,39 @@ def test_tensorboard_scalars_per_run(tiny_model_dir, tmp_path: Path) -> None:
     assert len(tags["finetune"]) == 1 and tags["finetune"] == ["train/loss"]
     assert {"l0/task_loss", "l0/expected_l0", "l0/open_gates", "l0/lambda1"} <= set(tags["l0"])
     assert {"eval/accuracy", "eval/heads_kept", "eval/latency_ms"} <= set(tags["cell"])
+
+
+class Retraining:
+    """Scorers that change the weights of their copy: kept only when ``updates_model`` says so."""
+
+    @hookimpl
+    def harness_scorers(self):
+        import torch
+
+        def always(label: int):
+            def score(request):
+                with torch.no_grad():  # a classifier that always answers `label`
+                    request.model.classifier.weight.zero_()
+                    request.model.classifier.bias.copy_(torch.tensor([5.0, -5.0]) * (1 - 2 * label))
+                return torch.rand(3, 4, generator=torch.Generator().manual_seed(0))
+
+            return score
+
+        return [Scorer("answers-0", "head", always(0), updates_model=True),
+                Scorer("answers-1", "head", always(1), updates_model=True),
+                Scorer("discards", "head", always(1))]
+
+
+def test_a_scorer_that_updates_the_model_gets_its_model_pruned(tiny_model_dir, tmp_path: Path) -> None:
+    from harness import TaskRequest
+    from harness_plugins import synthetic
+
+    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "answers-0,answers-1,discards",
+            "--sparsities", "0.5", "--out", str(tmp_path / "out"), *FAST]
+    assert main(argv, extra=[Retraining()]) == 0
+    frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv").set_index("scorer")
+    labels = synthetic.load(TaskRequest(None, 0, {})).validation.labels[:32]
+    assert labels.count(0) != 16
+    assert frame.loc["answers-0", "score"] == pytest.approx(labels.count(0) / 32)
+    assert frame.loc["answers-1", "score"] == pytest.approx(labels.count(1) / 32)
+    assert frame.loc["discards", "heads_kept"] == 6 and frame.loc["answers-0", "heads_kept"] == 6
