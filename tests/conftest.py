@@ -58,6 +58,16 @@ def batch_for(model, batch_size: int = 3, tokens: int = 7, seed: int = 0) -> dic
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(batch_size) % 2}
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core box spinning
+    OpenMP workers slow each step down 50-fold; restored for the other test modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path):
     """A saved tiny BERT with a tokenizer: a local model folder for ``--models``."""

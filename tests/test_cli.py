@@ -207,8 +207,9 @@ class Retraining:
 
 
 def test_a_scorer_that_updates_the_model_gets_its_model_pruned(tiny_model_dir, tmp_path: Path) -> None:
-    from harness import TaskRequest
     from harness_plugins import synthetic
+
+    from harness import TaskRequest
 
     argv = ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "answers-0,answers-1,discards",
             "--sparsities", "0.5", "--out", str(tmp_path / "out"), *FAST]

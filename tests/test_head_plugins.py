@@ -11,15 +11,7 @@ from harness_plugins import finetune, head_gradient, head_pruner, random_scores
 
 from harness import PruneRequest, ScoreRequest, TrainRequest, modeling, surgery
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core box spinning
-    OpenMP workers slow each step down 50-fold; restored for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lively_model(arch: str = "bert", seed: int = 0):

@@ -11,13 +11,7 @@ from harness_plugins import finetune, head_pruner, l0_gates
 from harness import PruneRequest, ScoreRequest, TrainRequest, surgery
 from harness.conformance import tiny_batches, tiny_bert
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("temperature", [1 / 3, 2 / 3])
@@ -55,7 +49,6 @@ def _signal_batches(count: int, seed: int, size: int = 32) -> list[dict[str, tor
 @pytest.fixture(scope="module")
 def trained():
     """A tiny BERT fine-tuned on the signal, so heads differ in how much they matter."""
-    torch.set_num_threads(1)
     model = tiny_bert(layers=3, heads=4)
     request = TrainRequest(model, iter(_signal_batches(300, seed=0)), 300, 3e-3, 0, dict(finetune.OPTIONS))
     return finetune.train(request).model

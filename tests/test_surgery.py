@@ -11,15 +11,7 @@ from conftest import ARCHITECTURES, batch_for, tiny_config
 
 from harness import modeling, surgery
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a loaded 2-core box spinning
-    OpenMP workers slow each step down 50-fold; restored for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 BACKENDS = ("sdpa", "eager")
 KEEP_LISTS = [[0, 2, 3], [0, 1, 2, 3], [1]]  # uneven: 3 / 4 / 1 of 4 heads kept
