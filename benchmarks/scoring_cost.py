@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness_plugins import head_gradient, sst2, synthetic
+from harness_plugins import glue, head_gradient, synthetic
 
 from harness import ScoreRequest, TaskRequest, data, modeling
 from harness.models import load_classifier, resolve
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     use_sst2 = (args.data_dir / "sst2").is_dir()
-    task = sst2.load(TaskRequest(args.data_dir, 0, {"max_length": 64})) if use_sst2 else synthetic.load(TaskRequest(None, 0))
+    task = glue.load(TaskRequest(args.data_dir, 0, {"max_length": 64})) if use_sst2 else synthetic.load(TaskRequest(None, 0))
     model, tokenizer = load_classifier(resolve(args.model), task.label_names, seed=0)
     indices = data.calibration_indices(task.train, args.examples, seed=0)
     batches = data.batches(tokenizer, task.train, 32, task.max_length, indices)

@@ -70,12 +70,13 @@ def load_local_task(
     label_names: Sequence[str],
     metric: str = "accuracy",
     max_length: int = 128,
+    column_names: Sequence[str] | None = None,
 ) -> TaskData:
     """``<directory>/train.tsv`` and ``validation.tsv`` (the GLUE layout of ../shared/data)."""
-    splits = [
-        to_split(read_rows(directory / f"{name}.tsv"), text_columns, label_column, label_names, str(directory / f"{name}.tsv"))
-        for name in ("train", "validation")
-    ]
+    splits = []
+    for name in ("train", "validation"):
+        path = directory / f"{name}.tsv"
+        splits.append(to_split(read_rows(path, column_names), text_columns, label_column, label_names, str(path)))
     return TaskData(splits[0], splits[1], tuple(label_names), metric, max_length)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATA
-from harness_plugins import sst2, synthetic
+from harness_plugins import glue, synthetic
 from sklearn import metrics
 
 from harness import TaskRequest, data
@@ -76,11 +76,21 @@ def test_synthetic_task_is_deterministic_balanced_and_disjoint() -> None:
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "sst2").is_dir(), reason="needs ../shared/data")
-def test_sst2_from_the_local_glue_layout() -> None:
-    loaded = sst2.load(TaskRequest(SHARED_DATA, 0, {"max_length": 64}))
-    assert (len(loaded.train), len(loaded.validation)) == (67349, 872)
-    assert loaded.label_names == ("negative", "positive") and loaded.metric == "accuracy"
+@pytest.mark.parametrize(
+    "name, sizes, metric, pairs",
+    [("sst2", (67349, 872), "accuracy", False), ("cola", (8551, 1043), "mcc", False), ("rte", (2489, 277), "accuracy", True)],
+)
+def test_glue_tasks_from_the_local_layout(name: str, sizes: tuple[int, int], metric: str, pairs: bool) -> None:
+    from harness.plugins import load_registry
+
+    task = load_registry().get("task", name)
+    loaded = task.load(TaskRequest(SHARED_DATA, 0, dict(task.options)))
+    assert (len(loaded.train), len(loaded.validation)) == sizes
+    assert loaded.metric == metric and (loaded.train.text_b is not None) == pairs
     assert set(loaded.validation.labels) == {0, 1}
+    assert all(text.strip() for text in loaded.train.text_a[:200])
+    if name == "sst2":
+        assert loaded == glue.load(TaskRequest(SHARED_DATA, 0, {}))
 
 
 @pytest.mark.parametrize("name", ["accuracy", "f1", "mcc"])
@@ -105,3 +115,13 @@ def test_training_stream_gives_exactly_the_steps_and_reshuffles() -> None:
     assert len(stream) == 30 and all(len(b["labels"]) == 32 for b in stream)
     again = list(data.training_stream(tokenizer, split, steps=30, batch_size=32, max_length=16, seed=1))
     assert all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(stream, again))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "sms_spam").is_dir(), reason="needs ../shared/data")
+def test_sms_spam_task_file_in_examples() -> None:
+    task = data.load_task_file(Path(__file__).resolve().parents[1] / "examples" / "tasks" / "sms_spam.yaml")
+    loaded = task.load(TaskRequest(None, 0))
+    assert task.name == "sms_spam" and loaded.metric == "f1"
+    assert len(loaded.train) + len(loaded.validation) == 5574 and len(loaded.validation) == 1115
+    spam_share = [sum(s.labels) / len(s) for s in (loaded.train, loaded.validation)]
+    assert abs(spam_share[0] - spam_share[1]) < 0.005, "the split is stratified"
