@@ -23,6 +23,7 @@ from harness import Scorer, ScoreRequest, hookimpl
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 LIMIT_L, LIMIT_R = -0.1, 1.1
 OPTIONS = {
@@ -35,6 +36,7 @@ OPTIONS = {
     "target_warmup": 0.5,  # CoFi: the budget tightens linearly over this share of the steps
     "init_log_alpha": 1.0,
     "train_encoder": False,
+    "encoder_lr": 2e-5,  # only with train_encoder
 }
 
 
@@ -81,6 +83,33 @@ def _target_at(step: int, steps: int, target: float | None, total: int, options:
     return total - (total - target) * fraction
 
 
+def _budget(request: ScoreRequest, options: dict, total: int) -> float | None:
+    """The number of heads to keep (``target`` mode), or ``None`` for a fixed lambda."""
+    if options["lambda_mode"] not in ("target", "fixed"):
+        raise ValueError(f"l0-gates: lambda_mode must be 'target' or 'fixed', not {options['lambda_mode']!r}")
+    if request.train_batches is None:
+        raise ValueError("l0-gates needs training batches (ScoreRequest.train_batches)")
+    if options["lambda_mode"] == "fixed":
+        return None
+    if request.sparsity is None:
+        raise ValueError("l0-gates with lambda_mode=target needs a sparsity")
+    return float(total - round(request.sparsity * total))
+
+
+def _optimizer(model: nn.Module, log_alpha: torch.Tensor, options: dict) -> torch.optim.Optimizer:
+    """Adam over the gates, plus the model's weights when trained jointly (dropout on)."""
+    import torch
+
+    groups = [{"params": [log_alpha], "lr": float(options["lr"])}]
+    if options["train_encoder"]:
+        groups.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": float(options["encoder_lr"])})
+        model.train()
+    else:  # frozen: only the gates learn, deterministically
+        model.requires_grad_(False)
+        model.eval()
+    return torch.optim.Adam(groups)
+
+
 def train_gates(request: ScoreRequest) -> GateResult:
     """Learn the gates on the task's training split; the model's weights stay frozen by default."""
     import torch
@@ -88,50 +117,37 @@ def train_gates(request: ScoreRequest) -> GateResult:
     from harness import modeling, surgery
 
     options = {**OPTIONS, **request.options}
-    if options["lambda_mode"] not in ("target", "fixed"):
-        raise ValueError(f"l0-gates: lambda_mode must be 'target' or 'fixed', not {options['lambda_mode']!r}")
-    if request.train_batches is None:
-        raise ValueError("l0-gates needs training batches (ScoreRequest.train_batches)")
     model, steps, temperature = request.model, int(options["steps"]), float(options["temperature"])
     heads = surgery.head_geometry(model).heads_per_layer
     total = sum(heads)
-    target = None
-    if options["lambda_mode"] == "target":
-        if request.sparsity is None:
-            raise ValueError("l0-gates with lambda_mode=target needs a sparsity")
-        target = float(total - round(request.sparsity * total))
+    target = _budget(request, options, total)
     generator = torch.Generator().manual_seed(request.seed)
-    log_alpha = torch.full((len(heads), max(heads)), float(options["init_log_alpha"]))
-    log_alpha = (log_alpha + 0.01 * torch.randn(log_alpha.shape, generator=generator)).requires_grad_(True)
+    noise = 0.01 * torch.randn((len(heads), max(heads)), generator=generator)
+    log_alpha = (float(options["init_log_alpha"]) + noise).requires_grad_(True)
     lambdas = torch.zeros(2, requires_grad=True)
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    groups = [{"params": [log_alpha], "lr": float(options["lr"])}]
-    if options["train_encoder"]:  # jointly: the model's weights move too, with dropout on
-        groups.append({"params": [p for p, wanted in flags if wanted], "lr": 2e-5})
-        model.train()
-    else:  # frozen: only gates learn, deterministically
-        for parameter, _ in flags:
-            parameter.requires_grad_(False)
-        model.eval()
-    optimizer = torch.optim.Adam(groups)
+    optimizer = _optimizer(model, log_alpha, options)
     controller = torch.optim.Adam([lambdas], lr=float(options["lagrangian_lr"]), maximize=True)
     step = 0
-    with surgery.HeadGates(model) as gates:
-        for step, batch in enumerate(request.train_batches(steps), start=1):
-            gates.gate = sample_gates(log_alpha, temperature, generator)
-            task_loss = modeling.per_example_loss(model, batch).mean()
-            expected = open_probability(log_alpha, temperature).sum()
-            loss = task_loss + _penalty(expected, _target_at(step, steps, target, total, options), total, lambdas, options)
-            optimizer.zero_grad(set_to_none=True)
-            controller.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if target is not None:
-                controller.step()
-            _log(request, step, task_loss, expected, log_alpha, temperature, lambdas)
-    model.eval()
-    for parameter, wanted in flags:
-        parameter.requires_grad_(wanted)
+    try:
+        with surgery.HeadGates(model) as gates:
+            for step, batch in enumerate(request.train_batches(steps), start=1):
+                gates.gate = sample_gates(log_alpha, temperature, generator)
+                task_loss = modeling.per_example_loss(model, batch).mean()
+                expected = open_probability(log_alpha, temperature).sum()
+                budget = _target_at(step, steps, target, total, options)
+                loss = task_loss + _penalty(expected, budget, total, lambdas, options)
+                optimizer.zero_grad(set_to_none=True)
+                controller.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if target is not None:
+                    controller.step()
+                _log(request, step, task_loss, expected, log_alpha, temperature, lambdas)
+    finally:
+        model.eval()
+        for parameter, wanted in flags:
+            parameter.requires_grad_(wanted)
     return _result(log_alpha.detach(), temperature, target, step)
 
 

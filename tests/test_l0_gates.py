@@ -93,3 +93,12 @@ def test_bad_options_raise(trained) -> None:
         l0_gates.train_gates(_request(trained, 0.5, lambda_mode="sometimes"))
     with pytest.raises(ValueError, match="needs a sparsity"):
         l0_gates.train_gates(_request(trained, None))
+
+
+def test_joint_training_moves_the_weights_and_restores_the_flags(trained) -> None:
+    request = _request(trained, 0.5, steps=20, train_encoder=True, encoder_lr=1e-3)
+    before = {k: v.clone() for k, v in request.model.state_dict().items()}
+    l0_gates.train_gates(request)
+    after = request.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "jointly trained weights moved"
+    assert all(p.requires_grad for p in request.model.parameters()) and not request.model.training
