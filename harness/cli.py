@@ -37,21 +37,24 @@ def _typed(values: Sequence[str], kind: Callable[[str], T], what: str) -> tuple[
 
 
 def _bench_arguments(bench: argparse.ArgumentParser) -> None:
+    from harness.bench import BenchConfig
+
+    d = BenchConfig()  # one place for the defaults
     add = bench.add_argument
-    add("--plugins", nargs="+", default=["all"], help="'all' or scorer/pruner/adapter names (default: all)")
-    add("--models", nargs="+", default=["minilm"], help="'minilm', a local model folder or a hub id")
-    add("--tasks", nargs="+", default=["synthetic"], help="task names (see 'harness list') or task files (.yaml/.json)")
-    add("--sparsities", nargs="+", default=["0.25,0.5,0.75"], help="fractions of units to remove, in [0, 1)")
-    add("--seeds", nargs="+", default=["0"], help="integer seeds")
-    add("--out", type=Path, default=Path("runs/latest"), help="output folder (leaderboard.csv)")
+    add("--plugins", nargs="+", default=list(d.plugins), help="'all' or scorer/pruner/adapter names (default: all)")
+    add("--models", nargs="+", default=list(d.models), help="'minilm', a local model folder or a hub id")
+    add("--tasks", nargs="+", default=list(d.tasks), help="task names (see 'harness list') or task files (.yaml/.json)")
+    add("--sparsities", nargs="+", default=[",".join(map(str, d.sparsities))], help="fractions of units to remove, in [0, 1)")
+    add("--seeds", nargs="+", default=[",".join(map(str, d.seeds))], help="integer seeds")
+    add("--out", type=Path, default=d.out, help="output folder (leaderboard.csv)")
     add("--data-dir", type=Path, default=None, help="local task data, e.g. ../shared/data")
     add("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="plugin option")
     add("--train-steps", type=int, default=None, help="fine-tuning steps per (model, task, seed); default: the task's")
-    add("--batch-size", type=int, default=32)
-    add("--lr", type=float, default=1e-4, help="learning rate of the adapter")
-    add("--calib-examples", type=int, default=512, help="training examples the scorers see")
-    add("--latency-batch", type=int, default=32)
-    add("--latency-tokens", type=int, default=128)
+    add("--batch-size", type=int, default=d.batch_size)
+    add("--lr", type=float, default=d.learning_rate, help="learning rate of the adapter")
+    add("--calib-examples", type=int, default=d.calib_examples, help="training examples the scorers see")
+    add("--latency-batch", type=int, default=d.latency_batch)
+    add("--latency-tokens", type=int, default=d.latency_tokens)
     add("--eval-limit", type=int, default=None, help="evaluate on the first N validation examples only")
     add("--tensorboard", type=Path, default=None, metavar="DIR", help="write per-run TensorBoard scalars here")
     add("--no-progress", action="store_true", help="no progress bar")

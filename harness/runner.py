@@ -68,6 +68,8 @@ class Unit:
     model: Any = None
     tokenizer: Any = None
     eval_batches: list = field(default_factory=list)
+    eval_labels: list = field(default_factory=list)
+    calibration: list = field(default_factory=list)
     latency_input: dict = field(default_factory=dict)
     train_s: float = float("nan")
     heads_total: int = 0
@@ -100,14 +102,13 @@ class Unit:
 
         A pruned model is timed in alternation with the dense one, in the same run.
         """
-        labels = [int(b["labels"][i]) for b in self.eval_batches for i in range(len(b["labels"]))]
         predictions = modeling.predict(model, self.eval_batches)
         geometry = surgery.head_geometry(model)
         if model is self.model:
             latency = reference = modeling.measure_latency_ms(model, self.latency_input)
         else:
             reference, latency = modeling.compare_latency_ms([self.model, model], self.latency_input)
-        score = taskdata.metric_value(self.data.metric, labels, predictions, len(self.data.label_names))
+        score = taskdata.metric_value(self.data.metric, self.eval_labels, predictions, len(self.data.label_names))
         log = self.scalars.logger(f"cell-{row['run_id']}")
         log(f"eval/{self.data.metric}", score, 0)
         log("eval/heads_kept", geometry.total_heads, 0)
@@ -131,6 +132,9 @@ class Unit:
         validation = self.data.validation
         limit = range(min(len(validation), c.eval_limit)) if c.eval_limit else None
         self.eval_batches = taskdata.batches(self.tokenizer, validation, 64, self.data.max_length, limit)
+        self.eval_labels = [int(label) for batch in self.eval_batches for label in batch["labels"]]
+        indices = taskdata.calibration_indices(self.data.train, c.calib_examples, self.seed)
+        self.calibration = taskdata.batches(self.tokenizer, self.data.train, c.batch_size, self.data.max_length, indices)
         stream = taskdata.training_stream(
             self.tokenizer, self.data.train, self.train_steps, c.batch_size, self.data.max_length, self.seed
         )
@@ -153,15 +157,12 @@ class Unit:
 
     def scores(self, scorer: Scorer, sparsity: float | None) -> Scored:
         """Run a scorer on a copy of the dense model (once, or once per sparsity if it learns)."""
-        c = self.plan.config
-        indices = taskdata.calibration_indices(self.data.train, c.calib_examples, self.seed)
-        batches = taskdata.batches(self.tokenizer, self.data.train, c.batch_size, self.data.max_length, indices)
         model = copy.deepcopy(self.model)
         label = self.row(scorer, None, sparsity or 0.0)["run_id"]
         extras: dict[str, float] = {}
         log = recording(self.scalars.logger(f"{scorer.name}-{label}"), extras)
         options = options_for(scorer, self.plan.overrides)
-        request = ScoreRequest(model, batches, self.seed, options, sparsity, self.train_batches, log)
+        request = ScoreRequest(model, self.calibration, self.seed, options, sparsity, self.train_batches, log)
         start = time.perf_counter()
         values = scorer.score(request)
         elapsed = time.perf_counter() - start
