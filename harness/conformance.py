@@ -73,6 +73,8 @@ def _check_common(record: Any) -> None:
     assert record.name and record.name == record.name.strip(), "a plugin needs a non-empty name"
     assert not set(record.name) & set(" ,.="), "names must be usable on the command line and in -o NAME.KEY=VALUE"
     assert all(isinstance(k, str) and "." not in k for k in record.options), "option keys are plain strings"
+    for key, allowed in record.choices.items():
+        assert record.options.get(key) in allowed, f"option {key}: its default must be one of its choices"
 
 
 def _score_request(scorer: Scorer, model: nn.Module) -> ScoreRequest:

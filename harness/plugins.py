@@ -162,7 +162,11 @@ def parse_options(pairs: Iterable[str], registry: Registry) -> dict[str, dict[st
         if option not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
             raise UsageError(f"plugin {name!r} has no option {option!r} (options: {known})")
-        overrides.setdefault(name, {})[option] = _coerce(defaults[option], raw, key)
+        value = _coerce(defaults[option], raw, key)
+        allowed = records[name].choices.get(option)
+        if allowed and value not in allowed:
+            raise UsageError(f"option {key} takes one of {', '.join(allowed)}, not {raw!r}")
+        overrides.setdefault(name, {})[option] = value
     return overrides
 
 

@@ -135,6 +135,7 @@ class Scorer:
     score: Callable[[ScoreRequest], torch.Tensor]
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
     per_sparsity: bool = False
     updates_model: bool = False
 
@@ -152,6 +153,7 @@ class Pruner:
     compute_mask: Callable[[PruneRequest], torch.Tensor]
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ class Adapter:
     train: Callable[[TrainRequest], TrainResult]
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ class Task:
     load: Callable[[TaskRequest], TaskData]
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
 
 
 ROLE_RECORDS: Mapping[str, type] = {

@@ -78,5 +78,6 @@ def harness_pruners() -> list[Pruner]:
             compute_mask=compute_mask,
             description="remove the lowest-scoring heads, globally or per layer",
             options=OPTIONS,
+            choices={"scope": ("global", "layer")},
         )
     ]

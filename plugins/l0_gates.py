@@ -180,6 +180,7 @@ def harness_scorers() -> list[Scorer]:
             score=score,
             description="hard-concrete head gates trained to the head budget (Voita et al. 2019; CoFi)",
             options=OPTIONS,
+            choices={"lambda_mode": ("target", "fixed")},
             per_sparsity=True,
             updates_model=True,  # with train_encoder=true the jointly trained weights are what gets pruned
         )

@@ -41,6 +41,8 @@ def error_of(capsys, argv: list[str]) -> str:
         (["bench", "-o", "heads.min_heads_per_layer=x"], "takes a int"),
         (["bench", "-o", "head-gradient.normalize=maybe"], "takes true or false"),
         (["bench", "-o", "novalue"], "PLUGIN.KEY=VALUE"),
+        (["bench", "-o", "heads.scope=diagonal"], "option heads.scope takes one of global, layer, not 'diagonal'"),
+        (["bench", "-o", "l0-gates.lambda_mode=sometimes"], "takes one of target, fixed"),
         (["bench", "--data-dir", "/no/such/folder"], "is not a folder"),
         (["bench", "--bogus"], "unrecognized arguments"),
         (["nothing"], "invalid choice"),
