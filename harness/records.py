@@ -76,6 +76,8 @@ class ScoreRequest:
 
     Scorers that learn (``Scorer.per_sparsity``) also get the target ``sparsity``
     and ``train_batches(steps)``, which yields that many shuffled training batches.
+    Weight scorers score exactly the modules named in ``targets`` (dotted names
+    from the model root, each with a ``weight``).
     """
 
     model: nn.Module
@@ -85,15 +87,24 @@ class ScoreRequest:
     sparsity: float | None = None
     train_batches: Callable[[int], Iterable[Batch]] | None = None
     log: Callable[[str, float, int], None] = _no_log
+    targets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class PruneRequest:
-    """Scores from a scorer and the fraction of units to remove."""
+    """Scores from a scorer and the fraction of units to remove.
 
-    scores: torch.Tensor
+    ``scores`` is a tensor for heads and neurons and a mapping from module name
+    to a weight-shaped tensor for weights. ``kv_heads`` gives, per layer, the
+    number of key/value heads when attention is grouped (GQA/MQA); it is empty
+    when every query head has its own. ``seed`` drives pruners that draw at random.
+    """
+
+    scores: Any
     sparsity: float
     options: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    kv_heads: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,13 +128,18 @@ class TrainResult:
     trainable_params: int
     steps: int
     final_loss: float
+    config: Mapping[str, Any] = field(default_factory=dict)  # what a row records of the adapter's setup
+    updates: Mapping[str, torch.Tensor] = field(default_factory=dict)  # module name -> learned update dW
 
 
 @dataclass(frozen=True)
 class Scorer:
-    """Importance of units: returns a float tensor, higher means more important.
+    """Importance of units: higher means more important.
 
-    For ``granularity="head"`` the tensor has shape ``[num_layers, num_heads]``.
+    For ``granularity="head"`` a tensor ``[num_layers, num_heads]``; for
+    ``"neuron"`` (FFN intermediate units) a tensor ``[num_layers, ffn_width]``;
+    for ``"weight"`` a mapping from each of ``ScoreRequest.targets`` to a tensor
+    shaped like that module's weight.
     A scorer whose scores depend on the budget (learned gates) sets
     ``per_sparsity=True`` and is run once per sparsity instead of once. One that
     trains the weights of the model it is given (gates learned jointly) sets
@@ -132,7 +148,7 @@ class Scorer:
 
     name: str
     granularity: Granularity
-    score: Callable[[ScoreRequest], torch.Tensor]
+    score: Callable[[ScoreRequest], Any]
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
@@ -144,16 +160,19 @@ class Scorer:
 class Pruner:
     """Turns scores into a boolean keep-mask of the same shape (``True`` = keep).
 
-    The harness applies the mask itself (for heads: physical removal), so a
-    pruner never touches weights, like ``BasePruningMethod.compute_mask``.
+    The harness applies the mask itself (heads and neurons: physical removal;
+    weights: ``torch.nn.utils.prune`` masks made permanent), so a pruner never
+    touches weights, like ``BasePruningMethod.compute_mask``. A pruner with
+    ``uses_scores=False`` (random pruning) is run once, not once per scorer.
     """
 
     name: str
     granularity: Granularity
-    compute_mask: Callable[[PruneRequest], torch.Tensor]
+    compute_mask: Callable[[PruneRequest], Any]
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
+    uses_scores: bool = True
 
 
 @dataclass(frozen=True)

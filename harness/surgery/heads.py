@@ -1,4 +1,4 @@
-"""Head surgery: the one module that gates, masks and physically removes attention heads.
+"""Head surgery: gating, masking and physical removal of attention heads.
 
 transformers 5 removed ``head_mask`` and ``prune_heads``, so the harness does both
 itself on one code path for every architecture in :data:`LAYOUTS`: a gate on the
@@ -8,11 +8,12 @@ loss with respect to the gates), and slicing of q/k/v rows and o columns.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
+
+from harness.surgery.common import get as _get
+from harness.surgery.common import slice_linear as _slice_linear
 
 if TYPE_CHECKING:
     import torch
@@ -60,12 +61,6 @@ LAYOUTS: dict[str, AttentionLayout] = {
         width_attrs=("dim",),
     ),
 }
-
-
-def _get(root: object, path: str) -> object:
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root
 
 
 def layout_of(model: nn.Module) -> AttentionLayout:
@@ -168,22 +163,6 @@ def mask_heads(model: nn.Module, keep: torch.Tensor) -> Iterator[HeadGates]:
         yield gates
 
 
-def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
-    """Keep ``index`` along ``dim`` of the weight (0: output rows, 1: input columns), in place."""
-    import torch
-
-    requires_grad = linear.weight.requires_grad
-    weight = linear.weight.detach().index_select(dim, index).clone()
-    linear.weight = torch.nn.Parameter(weight, requires_grad=requires_grad)
-    if dim == 0:
-        if linear.bias is not None:
-            bias = linear.bias.detach().index_select(0, index).clone()
-            linear.bias = torch.nn.Parameter(bias, requires_grad=requires_grad)
-        linear.out_features = weight.shape[0]
-    else:
-        linear.in_features = weight.shape[1]
-
-
 def _keep_lists(keep: torch.Tensor | Sequence[Sequence[int]], geometry: HeadGeometry) -> list[list[int]]:
     if hasattr(keep, "dim"):
         if tuple(keep.shape) != (geometry.num_layers, max(geometry.heads_per_layer)):
@@ -229,51 +208,3 @@ def remove_heads(model: nn.Module, keep: torch.Tensor | Sequence[Sequence[int]])
         previous[index] = [previous[index][h] for h in heads]
     setattr(model.config, KEPT_HEADS_KEY, previous)
     return model
-
-
-def save_pruned(model: nn.Module, directory: str | Path, base_model: str | None = None) -> Path:
-    """Save weights and config, plus ``head_mask.json`` (base model id and kept-head mask)."""
-    directory = Path(directory)
-    model.save_pretrained(directory)
-    kept = getattr(model.config, KEPT_HEADS_KEY, None)
-    if kept is not None:
-        total = getattr(model.config, "num_attention_heads", None) or model.config.n_heads
-        mask = [[h in set(row) for h in range(total)] for row in kept]
-        record = {"base_model": base_model, "kept_heads": kept, "head_mask": mask}
-        (directory / "head_mask.json").write_text(json.dumps(record, indent=1))
-    return directory
-
-
-def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(directory / shard))
-        return state
-    return load_file(directory / "model.safetensors")
-
-
-def load_pruned(directory: str | Path, auto_class: type | None = None) -> nn.Module:
-    """Rebuild a saved pruned model: the dense architecture, the same heads removed, then the weights."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    directory = Path(directory)
-    config = AutoConfig.from_pretrained(directory)
-    kept = getattr(config, KEPT_HEADS_KEY, None)
-    if kept is not None:
-        delattr(config, KEPT_HEADS_KEY)
-    model = (auto_class or AutoModelForSequenceClassification).from_config(config)
-    if kept is not None:
-        remove_heads(model, kept)
-    missing, unexpected = model.load_state_dict(_read_state_dict(directory), strict=False)
-    tied = set(getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or ())
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise ValueError(f"{directory}: missing weights {missing[:3]}, unexpected {unexpected[:3]}")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    return model.eval()

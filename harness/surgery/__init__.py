@@ -1,0 +1,38 @@
+"""Weight surgery: the one package that gates, masks and physically removes heads, neurons and weights.
+
+transformers 5 removed ``head_mask`` and ``prune_heads``, so the harness does both
+itself on one code path for every architecture it knows (data-driven layout
+tables). Scorers return scores and pruners return masks; only this package
+touches weights.
+"""
+
+from harness.surgery.common import get as _get
+from harness.surgery.heads import (
+    KEPT_HEADS_KEY,
+    LAYOUTS,
+    AttentionLayout,
+    HeadGates,
+    HeadGeometry,
+    _layers,
+    head_geometry,
+    layout_of,
+    mask_heads,
+    remove_heads,
+)
+from harness.surgery.saving import load_pruned, save_pruned
+
+__all__ = [
+    "KEPT_HEADS_KEY",
+    "LAYOUTS",
+    "AttentionLayout",
+    "HeadGates",
+    "HeadGeometry",
+    "_get",
+    "_layers",
+    "head_geometry",
+    "layout_of",
+    "load_pruned",
+    "mask_heads",
+    "remove_heads",
+    "save_pruned",
+]
