@@ -174,7 +174,8 @@ class Unit:
 
     def pruned(self, scorer: Scorer, pruner: Pruner, scored: Scored, sparsity: float) -> Row:
         scores = scored.values
-        request = PruneRequest(scores, sparsity, options_for(pruner, self.plan.overrides))
+        kv_heads = surgery.head_geometry(self.model).kv_heads_per_layer
+        request = PruneRequest(scores, sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads)
         keep = pruner.compute_mask(request)
         if tuple(keep.shape) != tuple(scores.shape):
             raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(keep.shape)}")

@@ -81,6 +81,7 @@ class HeadGeometry:
 
     heads_per_layer: tuple[int, ...]
     head_dim: int
+    kv_heads_per_layer: tuple[int, ...] = ()  # key/value heads per layer when grouped (GQA/MQA), else empty
 
     @property
     def num_layers(self) -> int:
