@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness import data as taskdata
-from harness import tracking
+from harness import surgery, tracking
 from harness.errors import UsageError
 from harness.models import ModelSource, resolve_all
 from harness.plugins import Registry, options_for
@@ -25,9 +25,10 @@ from harness.records import (
     TaskRequest,
 )
 
-SUPPORTED_GRANULARITIES = ("head",)
+SUPPORTED_GRANULARITIES = ("head", "weight", "neuron")
 DEFAULT_TASK = "synthetic"
 DEFAULT_MODEL = "minilm"
+DEFAULT_ADAPTER = "finetune"
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class BenchConfig:
 
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     tasks: tuple[str, ...] = (DEFAULT_TASK,)
-    plugins: tuple[str, ...] = ("all",)
+    plugins: tuple[str, ...] = ()  # empty: every scorer and pruner, adapter finetune; ("all",): every plugin
     sparsities: tuple[float, ...] = (0.25, 0.5, 0.75)
     seeds: tuple[int, ...] = (0,)
     out: Path = Path("runs/latest")
@@ -50,6 +51,7 @@ class BenchConfig:
     latency_tokens: int = 128
     eval_limit: int | None = None
     tensorboard: Path | None = None
+    targets: str = "linear"  # weight groups that weight-granularity methods prune
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Plan:
     models: list[ModelSource]
     tasks: list[tuple[Task, TaskData]]
     adapters: list[Adapter]
-    methods: list[tuple[Scorer, Pruner]]
+    methods: list[tuple[Scorer | None, Pruner]]  # scorer None: a pruner that uses no scores
     sparsities: list[float]
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -73,10 +75,15 @@ class Plan:
 
 
 def _select(registry: Registry, names: Sequence[str]) -> dict[str, list[Any]]:
-    """``all`` or named scorers/pruners/adapters; a role nobody named gets all of its plugins."""
+    """``all`` or named scorers/pruners/adapters; a scorer or pruner role nobody named gets all of its plugins.
+
+    Adapters are the expensive role (one training run each per unit): unless
+    some are named or ``all`` is given, only the full fine-tuning ``finetune``
+    runs. The key ``named`` lists the roles the user named plugins of.
+    """
     roles = ("scorer", "pruner", "adapter")
     chosen: dict[str, list[Any]] = {role: [] for role in roles}
-    if list(names) != ["all"]:
+    if list(names) not in (["all"], []):
         for name in names:
             matches = [role for role in roles if name in registry.by_role[role]]
             if not matches:
@@ -84,6 +91,9 @@ def _select(registry: Registry, names: Sequence[str]) -> dict[str, list[Any]]:
                 known = ", ".join(sorted({n for r in roles for n in registry.names(r)}))
                 raise UsageError(f"unknown plugin {name!r}{hint} (known: {known})")
             chosen[matches[0]].append(registry.get(matches[0], name))
+    chosen["named"] = [role for role in roles if chosen[role]]
+    if not chosen["adapter"] and list(names) != ["all"] and DEFAULT_ADAPTER in registry.by_role["adapter"]:
+        chosen["adapter"] = [registry.get("adapter", DEFAULT_ADAPTER)]
     for role in roles:
         if not chosen[role]:
             chosen[role] = [registry.get(role, n) for n in registry.names(role)]
@@ -92,15 +102,28 @@ def _select(registry: Registry, names: Sequence[str]) -> dict[str, list[Any]]:
     return chosen
 
 
-def _pair(scorers: list[Scorer], pruners: list[Pruner]) -> list[tuple[Scorer, Pruner]]:
-    methods = []
+def _pair(chosen: dict[str, list[Any]]) -> list[tuple[Scorer | None, Pruner]]:
+    """Each scorer with every selected pruner of its granularity; score-free pruners once.
+
+    A named scorer without a pruner of its granularity is an error; one selected
+    only because no scorer was named is skipped. A score-free (random) pruner
+    runs when named, or when a scorer of its granularity runs.
+    """
+    scorers, pruners, named = chosen["scorer"], chosen["pruner"], chosen["named"]
+    methods: list[tuple[Scorer | None, Pruner]] = []
     for scorer in scorers:
         if scorer.granularity not in SUPPORTED_GRANULARITIES:
             raise UsageError(f"scorer {scorer.name!r}: granularity {scorer.granularity!r} is not supported")
-        matching = [p for p in pruners if p.granularity == scorer.granularity]
-        if not matching:
+        matching = [p for p in pruners if p.granularity == scorer.granularity and p.uses_scores]
+        if not matching and "scorer" in named:
             raise UsageError(f"scorer {scorer.name!r} ({scorer.granularity}) has no pruner of its granularity selected")
         methods.extend((scorer, pruner) for pruner in matching)
+    granularities = {scorer.granularity for scorer, _ in methods}
+    for pruner in pruners:
+        if not pruner.uses_scores and ("pruner" in named or pruner.granularity in granularities):
+            methods.append((None, pruner))
+    if not methods:
+        raise UsageError("no scorer and pruner of the same granularity are selected")
     return methods
 
 
@@ -128,8 +151,12 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
         raise UsageError("--train-steps must be >= 0, --batch-size and --calib-examples >= 1")
     if config.tensorboard is not None:
         tracking.check_available()
+    try:
+        surgery.parse_groups(config.targets)
+    except ValueError as error:
+        raise UsageError(f"--targets: {error}") from None
     chosen = _select(registry, config.plugins)
-    methods = _pair(chosen["scorer"], chosen["pruner"])
+    methods = _pair(chosen)
     tasks = _load_tasks(config, registry, overrides)
     models = resolve_all(config.models)
     sparsities = sorted({s for s in config.sparsities if s > 0})

@@ -41,7 +41,8 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
 
     d = BenchConfig()  # one place for the defaults
     add = bench.add_argument
-    add("--plugins", nargs="+", default=list(d.plugins), help="'all' or scorer/pruner/adapter names (default: all)")
+    add("--plugins", nargs="+", default=list(d.plugins),
+        help="scorer/pruner/adapter names, or 'all' (default: every scorer and pruner, adapter finetune)")
     add("--models", nargs="+", default=list(d.models), help="'minilm', a local model folder or a hub id")
     add("--tasks", nargs="+", default=list(d.tasks), help="task names (see 'harness list') or task files (.yaml/.json)")
     add("--sparsities", nargs="+", default=[",".join(map(str, d.sparsities))], help="fractions of units to remove, in [0, 1)")
@@ -57,6 +58,8 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     add("--latency-tokens", type=int, default=d.latency_tokens)
     add("--eval-limit", type=int, default=None, help="evaluate on the first N validation examples only")
     add("--tensorboard", type=Path, default=None, metavar="DIR", help="write per-run TensorBoard scalars here")
+    add("--targets", default=d.targets, help="weight groups weight pruners act on: linear, attention, ffn, "
+        "qkv or any of q,k,v,o,ffn_in,ffn_out (default: linear; embeddings and classifier are never pruned)")
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -90,6 +93,7 @@ def _config(args: argparse.Namespace) -> object:
         latency_tokens=args.latency_tokens,
         eval_limit=args.eval_limit,
         tensorboard=args.tensorboard,
+        targets=args.targets,
     )
 
 

@@ -83,42 +83,85 @@ def _score_request(scorer: Scorer, model: nn.Module) -> ScoreRequest:
     def train_batches(steps: int) -> list[dict[str, torch.Tensor]]:
         return tiny_batches(count=steps, seed=1)
 
+    from harness import surgery
+
     sparsity = 0.5 if scorer.per_sparsity else None
-    return ScoreRequest(model, tiny_batches(), 0, dict(scorer.options), sparsity, train_batches)
+    targets = surgery.target_modules(model, "linear") if scorer.granularity == "weight" else ()
+    return ScoreRequest(model, tiny_batches(), 0, dict(scorer.options), sparsity, train_batches, targets=targets)
+
+
+def _as_dict(scores: Any) -> dict[str, torch.Tensor]:
+    return dict(scores) if isinstance(scores, dict) else {"": scores}
+
+
+def _expected_shapes(scorer: Scorer, model: nn.Module) -> dict[str, tuple[int, ...]]:
+    from harness import surgery
+
+    if scorer.granularity == "head":
+        geometry = surgery.head_geometry(model)
+        return {"": (geometry.num_layers, max(geometry.heads_per_layer))}
+    if scorer.granularity == "neuron":
+        widths = surgery.ffn_widths(model)
+        return {"": (len(widths), max(widths))}
+    modules = dict(model.named_modules())
+    return {name: tuple(modules[name].weight.shape) for name in surgery.target_modules(model, "linear")}
 
 
 def check_scorer(scorer: Scorer) -> None:
-    """Finite scores of shape [L, H], deterministic for a seed, weights left untouched."""
-    import torch
+    """Finite scores of the granularity's shape, deterministic for a seed, weights left untouched.
 
-    from harness import surgery
+    Heads: ``[L, H]``; neurons: ``[L, I]``; weights: one tensor per target module, shaped like its weight.
+    """
+    import torch
 
     model = tiny_bert()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    scores = scorer.score(_score_request(scorer, model))
-    geometry = surgery.head_geometry(model)
-    assert isinstance(scores, torch.Tensor), "a scorer returns a tensor"
-    if scorer.granularity == "head":
-        assert tuple(scores.shape) == (geometry.num_layers, max(geometry.heads_per_layer))
-    assert torch.isfinite(scores).all(), "scores must be finite"
-    again = scorer.score(_score_request(scorer, tiny_bert()))
-    assert torch.allclose(scores, again, atol=1e-6), "same model, data and seed must give the same scores"
+    scores = _as_dict(scorer.score(_score_request(scorer, model)))
+    assert all(isinstance(v, torch.Tensor) for v in scores.values()), "scores are tensors"
+    assert {k: tuple(v.shape) for k, v in scores.items()} == _expected_shapes(scorer, model), "scores' shapes"
+    assert all(torch.isfinite(v).all() for v in scores.values()), "scores must be finite"
+    again = _as_dict(scorer.score(_score_request(scorer, tiny_bert())))
+    same = all(torch.allclose(scores[k], again[k], atol=1e-6) for k in scores)
+    assert same, "same model, data and seed must give the same scores"
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "a scorer must not change the weights"
 
 
+def _pruner_scores(pruner: Pruner, make: Callable[[tuple[int, int]], torch.Tensor]) -> Any:
+    """Scores in the granularity's form: a ``[4, 6]`` tensor, or two weight-shaped tensors by module name."""
+    if pruner.granularity == "weight":
+        return {"layer.0.dense": make((6, 8)), "layer.1.dense": make((4, 8))}
+    return make((4, 6))
+
+
 def check_pruner(pruner: Pruner) -> None:
-    """A boolean keep-mask of the scores' shape that removes the requested fraction (within a unit)."""
+    """Boolean keep-masks of the scores' shapes removing the requested fraction (within a row per tensor).
+
+    Pruners that use scores keep the most important unit of each tensor; all are
+    deterministic for a seed.
+    """
     import torch
 
-    scores = torch.rand(4, 6, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    scores = _pruner_scores(pruner, lambda shape: torch.rand(shape, generator=generator))
     for sparsity in (0.0, 0.25, 0.5):
-        mask = pruner.compute_mask(PruneRequest(scores, sparsity, dict(pruner.options)))
-        assert mask.dtype == torch.bool and mask.shape == scores.shape, "keep-mask: bool, same shape"
-        removed = int((~mask).sum())
-        assert abs(removed - sparsity * scores.numel()) <= scores.shape[0], f"removed {removed} at {sparsity}"
-    ranked = pruner.compute_mask(PruneRequest(torch.arange(24.0).reshape(4, 6), 0.25, dict(pruner.options)))
-    assert bool(ranked[:, -1].all()), "the most important unit of each row is kept"
+        request = PruneRequest(scores, sparsity, dict(pruner.options), seed=3)
+        masks, again = _as_dict(pruner.compute_mask(request)), _as_dict(pruner.compute_mask(request))
+        flat = _as_dict(scores)
+        assert set(masks) == set(flat), "one mask per scored tensor"
+        for name, mask in masks.items():
+            assert mask.dtype == torch.bool and mask.shape == flat[name].shape, "keep-mask: bool, same shape"
+            assert torch.equal(mask, again[name]), "the same request gives the same mask"
+        removed, total = sum(int((~m).sum()) for m in masks.values()), sum(v.numel() for v in flat.values())
+        tolerance = sum(v.shape[0] if pruner.granularity != "weight" else v.shape[1] for v in flat.values())
+        assert abs(removed - sparsity * total) <= tolerance, f"removed {removed} of {total} at {sparsity}"
+    if pruner.uses_scores:
+        ranked = _pruner_scores(pruner, lambda shape: torch.arange(float(shape[0] * shape[1])).reshape(shape))
+        masks = _as_dict(pruner.compute_mask(PruneRequest(ranked, 0.25, dict(pruner.options))))
+        if pruner.granularity == "weight":
+            assert all(bool(m.reshape(-1)[-1]) for m in masks.values()), "the most important weight is kept"
+        else:
+            assert bool(masks[""][:, -1].all()), "the most important unit of each row is kept"
 
 
 def check_adapter(adapter: Adapter) -> None:

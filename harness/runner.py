@@ -73,6 +73,8 @@ class Unit:
     latency_input: dict = field(default_factory=dict)
     train_s: float = float("nan")
     heads_total: int = 0
+    dense_gflops: float = float("nan")
+    scopes: dict = field(default_factory=dict)  # granularity -> (module names, dense weight count)
 
     @property
     def train_steps(self) -> int:
@@ -83,13 +85,16 @@ class Unit:
         """The identifying columns of a cell, with its content-hash run id."""
         c, o = self.plan.config, self.plan.overrides
         labels = [options_label(r, o) for r in (self.task, self.adapter, scorer, pruner) if r is not None]
+        granularity = pruner.granularity if pruner else "none"
         parts = {
             "model": self.source.name,
             "task": self.task.name,
             "adapter": self.adapter.name,
             "scorer": scorer.name if scorer else "none",
             "pruner": pruner.name if pruner else "none",
+            "granularity": granularity,
             "options": ";".join(label for label in labels if label),
+            "targets": c.targets if granularity == "weight" else "",
             "sparsity": sparsity,
             "seed": self.seed,
         }
@@ -97,8 +102,28 @@ class Unit:
         digest = run_id({**parts, "budget": budget, "latency": (c.latency_batch, c.latency_tokens)})
         return {"run_id": digest, **parts, "metric": self.data.metric, "train_s": round(self.train_s, 2)}
 
+    def scope(self, granularity: str) -> tuple[tuple[str, ...], int] | None:
+        """The weights a granularity prunes (names, dense count): what achieved sparsity is measured on."""
+        if granularity not in self.scopes:
+            groups = {"head": ("q", "k", "v", "o"), "neuron": ("ffn_in", "ffn_out")}
+            try:
+                spec = groups.get(granularity) or surgery.parse_groups(self.plan.config.targets)
+                names = surgery.target_modules(self.model, spec)
+                self.scopes[granularity] = (names, surgery.count_nonzero(self.model, names)[1])
+            except ValueError:  # an architecture without a layout for this granularity
+                self.scopes[granularity] = None
+        return self.scopes[granularity]
+
+    def sparsity_of(self, model: Any, granularity: str) -> float:
+        """1 - nonzero weights left in the pruned scope / weights the dense model had there (counted)."""
+        scope = self.scope(granularity) if granularity != "none" else None
+        if scope is None:
+            return 0.0 if granularity == "none" else float("nan")
+        names, dense = scope
+        return 1.0 - surgery.count_nonzero(model, names)[0] / dense
+
     def measure(self, model: Any, row: Row) -> Row:
-        """Quality on the validation split, size, heads, latency and speedup over the dense model.
+        """Quality on the validation split, size, sparsity, FLOPs, latency and speedup over the dense model.
 
         A pruned model is timed in alternation with the dense one, in the same run.
         """
@@ -113,12 +138,18 @@ class Unit:
         log(f"eval/{self.data.metric}", score, 0)
         log("eval/heads_kept", geometry.total_heads, 0)
         log("eval/latency_ms", latency, 0)
+        gflops = modeling.forward_flops(model, self.latency_input) / 1e9 if model is not self.model else self.dense_gflops
+        achieved = self.sparsity_of(model, row["granularity"])
+        log("eval/achieved_sparsity", achieved, 0)
         return {
             **row,
+            "achieved_sparsity": round(achieved, 6),
             "heads_kept": geometry.total_heads,
             "heads_total": self.heads_total,
             "score": round(score, 6),
             "params": modeling.count_params(model),
+            "nonzero_params": sum(int(p.count_nonzero()) for p in model.parameters()),
+            "gflops": round(gflops, 4),
             "latency_ms": round(latency, 3),
             "speedup": round(reference / latency, 4),
             "status": "ok",
@@ -147,6 +178,7 @@ class Unit:
         self.model = result.model.eval()
         self.heads_total = surgery.head_geometry(self.model).total_heads
         self.latency_input = modeling.latency_input(self.model, c.latency_batch, c.latency_tokens)
+        self.dense_gflops = modeling.forward_flops(self.model, self.latency_input) / 1e9
 
     def dense(self) -> Row:
         return self.measure(self.model, {**self.row(None, None, 0.0), "scoring_s": 0.0})
@@ -155,38 +187,83 @@ class Unit:
         c = self.plan.config
         return taskdata.training_stream(self.tokenizer, self.data.train, steps, c.batch_size, self.data.max_length, self.seed)
 
-    def scores(self, scorer: Scorer, sparsity: float | None) -> Scored:
-        """Run a scorer on a copy of the dense model (once, or once per sparsity if it learns)."""
+    def scores(self, scorer: Scorer | None, sparsity: float | None) -> Scored:
+        """Run a scorer on a copy of the dense model (once, or once per sparsity if it learns).
+
+        Without a scorer (a pruner that uses no scores) the "scores" are the
+        absolute target weights: only their shapes matter.
+        """
+        targets = self.scope("weight")[0] if self.scope("weight") else ()
+        if scorer is None:
+            modules = dict(self.model.named_modules())
+            return Scored({n: modules[n].weight.detach().abs() for n in targets}, 0.0, {})
         model = copy.deepcopy(self.model)
         label = self.row(scorer, None, sparsity or 0.0)["run_id"]
         extras: dict[str, float] = {}
         log = recording(self.scalars.logger(f"{scorer.name}-{label}"), extras)
         options = options_for(scorer, self.plan.overrides)
-        request = ScoreRequest(model, self.calibration, self.seed, options, sparsity, self.train_batches, log)
+        targets = targets if scorer.granularity == "weight" else ()
+        request = ScoreRequest(model, self.calibration, self.seed, options, sparsity, self.train_batches, log, targets)
         start = time.perf_counter()
         values = scorer.score(request)
         elapsed = time.perf_counter() - start
-        geometry = surgery.head_geometry(self.model)
-        expected = (geometry.num_layers, max(geometry.heads_per_layer))
-        if tuple(values.shape) != expected:
-            raise ValueError(f"scorer {scorer.name!r} returned shape {tuple(values.shape)}, expected {expected}")
-        return Scored(values.detach().float().cpu(), elapsed, extras, model if scorer.updates_model else None)
+        values = _checked_scores(scorer, values, self._expected_shapes(scorer.granularity))
+        return Scored(values, elapsed, extras, model if scorer.updates_model else None)
 
-    def pruned(self, scorer: Scorer, pruner: Pruner, scored: Scored, sparsity: float) -> Row:
+    def _expected_shapes(self, granularity: str) -> Any:
+        if granularity == "head":
+            geometry = surgery.head_geometry(self.model)
+            return (geometry.num_layers, max(geometry.heads_per_layer))
+        if granularity == "neuron":
+            widths = surgery.ffn_widths(self.model)
+            return (len(widths), max(widths))
+        modules = dict(self.model.named_modules())
+        return {name: tuple(modules[name].weight.shape) for name in self.scope("weight")[0]}
+
+    def pruned(self, scorer: Scorer | None, pruner: Pruner, scored: Scored, sparsity: float) -> Row:
         scores = scored.values
         kv_heads = surgery.head_geometry(self.model).kv_heads_per_layer
         request = PruneRequest(scores, sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads)
         keep = pruner.compute_mask(request)
-        if tuple(keep.shape) != tuple(scores.shape):
-            raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(keep.shape)}")
         base = scored.model if scored.model is not None else self.model
-        model = surgery.remove_heads(copy.deepcopy(base), keep.bool())
+        model = apply_keep(copy.deepcopy(base), pruner, keep, scores)
         extras = json.dumps({k: round(v, 6) for k, v in sorted(scored.extras.items())}) if scored.extras else ""
         row = {**self.row(scorer, pruner, sparsity), "scoring_s": round(scored.seconds, 3), "extras": extras}
         return self.measure(model, row)
 
     def error_row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float, error: BaseException) -> Row:
         return {**self.row(scorer, pruner, sparsity), "status": "error", "error": _error_text(error)}
+
+
+def _checked_scores(scorer: Scorer, values: Any, expected: Any) -> Any:
+    """Scores as float CPU tensors, after checking their shapes against the model."""
+    if isinstance(expected, dict):
+        if not isinstance(values, dict) or set(values) != set(expected):
+            raise ValueError(f"scorer {scorer.name!r} must return a tensor for each of the {len(expected)} target modules")
+        for name, shape in expected.items():
+            if tuple(values[name].shape) != shape:
+                raise ValueError(f"scorer {scorer.name!r}: {name} scores have shape {tuple(values[name].shape)}")
+        return {name: values[name].detach().float().cpu() for name in expected}
+    if tuple(getattr(values, "shape", ())) != expected:
+        shape = tuple(getattr(values, "shape", ()))
+        raise ValueError(f"scorer {scorer.name!r} returned shape {shape}, expected {expected}")
+    return values.detach().float().cpu()
+
+
+def apply_keep(model: Any, pruner: Pruner, keep: Any, scores: Any) -> Any:
+    """Apply a pruner's keep-mask: heads and neurons are removed, weights zeroed permanently."""
+    if pruner.granularity == "weight":
+        if not isinstance(keep, dict) or set(keep) != set(scores):
+            raise ValueError(f"pruner {pruner.name!r} must return a mask for each scored module")
+        for name, mask in keep.items():
+            if tuple(mask.shape) != tuple(scores[name].shape):
+                raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(mask.shape)} for {name}")
+        return surgery.apply_weight_masks(model, {name: mask.bool() for name, mask in keep.items()})
+    if tuple(getattr(keep, "shape", ())) != tuple(scores.shape):
+        raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(getattr(keep, 'shape', ()))}")
+    if pruner.granularity == "neuron":
+        return surgery.remove_neurons(model, keep.bool())
+    return surgery.remove_heads(model, keep.bool())
 
 
 def _run_unit(unit: Unit, tick: Callable[[str], None]) -> None:
@@ -204,8 +281,9 @@ def _run_unit(unit: Unit, tick: Callable[[str], None]) -> None:
     tick("dense")
     computed: dict[tuple[str, float | None], Scored | BaseException] = {}
     for scorer, pruner, sparsity in cells:
-        label = f"{scorer.name}/{pruner.name}@{sparsity}"
-        key = (scorer.name, sparsity if scorer.per_sparsity else None)
+        name = scorer.name if scorer else "none"
+        label = f"{name}/{pruner.name}@{sparsity}"
+        key = (name, sparsity if scorer and scorer.per_sparsity else None)
         if key not in computed:
             try:
                 computed[key] = unit.scores(scorer, key[1])

@@ -1,4 +1,4 @@
-"""Scorer ``random``: seeded random head importance, the baseline every method must beat."""
+"""Scorers ``random``, ``random-weight`` and ``random-neuron``: seeded random importance, the baselines to beat."""
 
 from __future__ import annotations
 
@@ -10,27 +10,48 @@ if TYPE_CHECKING:
     import torch
 
 
-def score(request: ScoreRequest) -> torch.Tensor:
+def _generator(request: ScoreRequest) -> torch.Generator:
     import torch
 
-    from harness import surgery
+    return torch.Generator().manual_seed(int(request.seed) + int(request.options.get("offset", 0)))
 
-    heads = surgery.head_geometry(request.model).heads_per_layer
-    generator = torch.Generator().manual_seed(int(request.seed) + int(request.options.get("offset", 0)))
-    values = torch.rand(len(heads), max(heads), generator=generator)
-    for index, n in enumerate(heads):  # absent heads of an already pruned layer: never kept
+
+def _padded(widths: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    import torch
+
+    values = torch.rand(len(widths), max(widths), generator=generator)
+    for index, n in enumerate(widths):  # absent units of an already pruned layer: never kept
         values[index, n:] = -1.0
     return values
 
 
+def score(request: ScoreRequest) -> torch.Tensor:
+    from harness import surgery
+
+    return _padded(surgery.head_geometry(request.model).heads_per_layer, _generator(request))
+
+
+def score_neurons(request: ScoreRequest) -> torch.Tensor:
+    from harness import surgery
+
+    return _padded(surgery.ffn_widths(request.model), _generator(request))
+
+
+def score_weights(request: ScoreRequest) -> dict[str, torch.Tensor]:
+    import torch
+
+    from harness import surgery
+
+    modules, generator = dict(request.model.named_modules()), _generator(request)
+    targets = request.targets or surgery.target_modules(request.model)
+    return {name: torch.rand(modules[name].weight.shape, generator=generator) for name in targets}
+
+
 @hookimpl
 def harness_scorers() -> list[Scorer]:
+    options = {"offset": 0}
     return [
-        Scorer(
-            name="random",
-            granularity="head",
-            score=score,
-            description="uniform random head importance, seeded by the grid seed",
-            options={"offset": 0},
-        )
+        Scorer("random", "head", score, "uniform random head importance, seeded by the grid seed", options),
+        Scorer("random-weight", "weight", score_weights, "uniform random weight importance, seeded", options),
+        Scorer("random-neuron", "neuron", score_neurons, "uniform random FFN-neuron importance, seeded", options),
     ]

@@ -16,6 +16,7 @@ from harness.leaderboard import COLUMNS
 
 FAST = ["--train-steps", "3", "--calib-examples", "16", "--latency-batch", "2", "--latency-tokens", "8",
         "--eval-limit", "32", "--no-progress", "-o", "l0-gates.steps=5"]
+HEADS = ["--plugins", "head-gradient,random,l0-gates,heads,finetune"]
 
 
 def error_of(capsys, argv: list[str]) -> str:
@@ -45,6 +46,8 @@ def error_of(capsys, argv: list[str]) -> str:
         (["bench", "-o", "l0-gates.lambda_mode=sometimes"], "takes one of target, fixed"),
         (["bench", "--data-dir", "/no/such/folder"], "is not a folder"),
         (["bench", "--bogus"], "unrecognized arguments"),
+        (["bench", "--targets", "attention,mlp"], "--targets: unknown weight group 'mlp'"),
+        (["bench", "--plugins", "magnitude,heads"], "scorer 'magnitude' (weight) has no pruner of its granularity"),
         (["nothing"], "invalid choice"),
     ],
 )
@@ -94,7 +97,8 @@ def test_list_shows_every_builtin_with_its_distribution(capsys) -> None:
 def test_bench_end_to_end_on_a_tiny_model(capsys, tiny_model_dir, tmp_path: Path) -> None:
     model = tiny_model_dir("bert")
     out = tmp_path / "out"
-    argv = ["bench", "--models", str(model), "--sparsities", "0.25,0.5", "--seeds", "0", "1", "--out", str(out), *FAST]
+    argv = ["bench", "--models", str(model), "--sparsities", "0.25,0.5", "--seeds", "0", "1", "--out", str(out), *FAST,
+            *HEADS]
     assert main(argv) == 0
     frame = pd.read_csv(out / "leaderboard.csv")
     assert tuple(frame.columns) == COLUMNS
@@ -129,7 +133,8 @@ class Exploding:
 def test_failing_plugin_costs_only_its_cells(capsys, tiny_model_dir, tmp_path: Path) -> None:
     model = tiny_model_dir("bert")
     out = tmp_path / "out"
-    argv = ["bench", "--models", str(model), "--sparsities", "0.5", "--out", str(out), *FAST]
+    argv = ["bench", "--models", str(model), "--sparsities", "0.5", "--out", str(out), *FAST,
+            "--plugins", "exploding,head-gradient,random,l0-gates,heads,finetune"]
     assert main(argv, extra=[Exploding()]) == 1
     frame = pd.read_csv(out / "leaderboard.csv", keep_default_na=False)
     failed = frame[frame["status"] == "error"]

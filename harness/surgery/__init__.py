@@ -19,9 +19,37 @@ from harness.surgery.heads import (
     mask_heads,
     remove_heads,
 )
+from harness.surgery.neurons import (
+    FFN_LAYOUTS,
+    KEPT_NEURONS_KEY,
+    FfnLayout,
+    NeuronGates,
+    ffn_layout_of,
+    ffn_module_names,
+    ffn_widths,
+    mask_neurons,
+    neuron_scores,
+    remove_neurons,
+)
 from harness.surgery.saving import load_pruned, save_pruned
+from harness.surgery.weights import GROUPS, apply_weight_masks, count_nonzero, parse_groups, target_modules
 
 __all__ = [
+    "FFN_LAYOUTS",
+    "GROUPS",
+    "KEPT_NEURONS_KEY",
+    "FfnLayout",
+    "NeuronGates",
+    "apply_weight_masks",
+    "count_nonzero",
+    "ffn_layout_of",
+    "ffn_module_names",
+    "ffn_widths",
+    "mask_neurons",
+    "neuron_scores",
+    "parse_groups",
+    "remove_neurons",
+    "target_modules",
     "KEPT_HEADS_KEY",
     "LAYOUTS",
     "AttentionLayout",

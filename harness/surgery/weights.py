@@ -1,0 +1,96 @@
+"""Weight masks: which linear layers may be pruned, and masks made permanent with ``torch.nn.utils.prune``.
+
+Pruners compute boolean masks; this module applies them through
+``prune.custom_from_mask`` and immediately ``prune.remove``, so no
+``*_orig``/``*_mask`` tensors are left and a saved model reloads as a plain one.
+Embeddings, the pooler and the classifier are never targets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping
+
+from harness.surgery.common import get
+from harness.surgery.heads import _layers, layout_of
+from harness.surgery.neurons import ffn_layout_of
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+GROUPS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
+ALIASES: dict[str, tuple[str, ...]] = {
+    "attention": ("q", "k", "v", "o"),
+    "qkv": ("q", "k", "v"),
+    "ffn": ("ffn_in", "ffn_out"),
+    "linear": GROUPS,
+}
+
+
+def parse_groups(spec: str) -> tuple[str, ...]:
+    """``"attention,ffn_in"`` -> the weight groups it names, in canonical order; unknown names raise."""
+    chosen: set[str] = set()
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        if part not in GROUPS and part not in ALIASES:
+            known = ", ".join([*ALIASES, *GROUPS])
+            raise ValueError(f"unknown weight group {part!r} (known: {known})")
+        chosen.update(ALIASES.get(part, (part,)))
+    if not chosen:
+        raise ValueError("name at least one weight group")
+    return tuple(g for g in GROUPS if g in chosen)
+
+
+def _group_paths(model: nn.Module, group: str) -> list[str]:
+    """Paths from a layer to the modules of one group."""
+    attention, ffn = layout_of(model), ffn_layout_of(model)
+    if group in ("q", "k", "v"):
+        return [f"{attention.attention}.{getattr(attention, group)}"]
+    if group == "o":
+        return [attention.o]
+    return list(ffn.up) if group == "ffn_in" else [ffn.down]
+
+
+def target_modules(model: nn.Module, spec: str | tuple[str, ...] = "linear") -> tuple[str, ...]:
+    """Dotted names (from the model root) of every module in the named groups, layer by layer."""
+    groups = parse_groups(spec) if isinstance(spec, str) else spec
+    names = {id(module): name for name, module in model.named_modules()}
+    found: list[str] = []
+    for layer in _layers(model):
+        for group in groups:
+            for path in _group_paths(model, group):
+                name = names[id(get(layer, path))]
+                if name not in found:
+                    found.append(name)
+    return tuple(found)
+
+
+def apply_weight_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Zero weights where a mask is false, permanently; in place.
+
+    Uses ``custom_from_mask`` then ``remove``: the parametrisation torch builds
+    is collapsed at once, leaving a plain ``weight`` parameter with zeros in it.
+    """
+    from torch.nn.utils import prune
+
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():  # check all before touching any
+        if name not in modules or not hasattr(modules[name], "weight"):
+            raise ValueError(f"no module {name!r} with a weight to mask")
+        if tuple(mask.shape) != tuple(modules[name].weight.shape):
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight {tuple(modules[name].weight.shape)}")
+    for name, mask in masks.items():
+        module = modules[name]
+        prune.custom_from_mask(module, "weight", mask.to(module.weight.device, module.weight.dtype))
+        prune.remove(module, "weight")
+    return model
+
+
+def count_nonzero(model: nn.Module, names: tuple[str, ...]) -> tuple[int, int]:
+    """Nonzero entries and total entries of the named modules' weights (what sparsity is measured on)."""
+    modules = dict(model.named_modules())
+    nonzero = total = 0
+    for name in names:
+        weight = modules[name].weight
+        nonzero += int(weight.count_nonzero())
+        total += weight.numel()
+    return nonzero, total

@@ -1,0 +1,152 @@
+"""Pruners built on ``torch.nn.utils.prune``: weights (unstructured, Ln-structured, random) and FFN neurons.
+
+Each pruner calls a pruning method's ``compute_mask`` on the scorer's importance
+instead of on the weights, so any scorer (magnitude, gradient, Taylor, random)
+drives any method. torch's own methods rank by |t|; :func:`importance_method`
+is the custom ``BasePruningMethod`` that ranks by the importance as given.
+The harness applies the masks (``prune.custom_from_mask`` + ``prune.remove``)
+or, for neurons, slices the FFN.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from typing import TYPE_CHECKING
+
+from harness import Pruner, PruneRequest, hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+
+@functools.lru_cache(maxsize=1)
+def importance_method() -> type:
+    """``ImportanceUnstructured``: defined on first use so importing the plugin stays free of torch."""
+    import torch
+    from torch.nn.utils import prune
+
+    class ImportanceUnstructured(prune.BasePruningMethod):
+        """Zero the ``amount`` fraction of entries with the lowest importance (ties broken by position)."""
+
+        PRUNING_TYPE = "unstructured"
+
+        def __init__(self, amount: float) -> None:
+            if not 0.0 <= amount <= 1.0:
+                raise ValueError(f"amount must be in [0, 1], not {amount}")
+            self.amount = amount
+
+        def compute_mask(self, importance: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+            mask = default_mask.clone(memory_format=torch.contiguous_format)
+            count = round(self.amount * importance.numel())
+            if count:
+                lowest = torch.topk(importance.reshape(-1).float(), count, largest=False).indices
+                mask.view(-1)[lowest] = 0
+            return mask
+
+    return ImportanceUnstructured
+
+
+def _ones(t: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.ones_like(t, dtype=torch.float32)
+
+
+def unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
+    """Layer-wise: the lowest-importance ``sparsity`` of every module's weights."""
+    method = importance_method()(request.sparsity)
+    return {name: method.compute_mask(s, _ones(s)).bool() for name, s in request.scores.items()}
+
+
+def global_unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
+    """Global: the lowest-importance ``sparsity`` of all targeted weights together (``prune.global_unstructured``)."""
+    import torch
+
+    method = importance_method()(request.sparsity)
+    scores = request.scores
+    flat = torch.cat([s.reshape(-1).float() for s in scores.values()])
+    mask = method.compute_mask(flat, _ones(flat)).bool()
+    pieces = torch.split(mask, [s.numel() for s in scores.values()])
+    return {name: piece.view(s.shape) for (name, s), piece in zip(scores.items(), pieces)}
+
+
+def structured(request: PruneRequest) -> dict[str, torch.Tensor]:
+    """Whole rows (output units) of each module, ranked by the Ln norm of their importance (``LnStructured``)."""
+    from torch.nn.utils import prune
+
+    method = prune.LnStructured(request.sparsity, n=int(request.options.get("n", 1)), dim=0)
+    return {name: method.compute_mask(s.float(), _ones(s)).bool() for name, s in request.scores.items()}
+
+
+def _random(request: PruneRequest, structured_rows: bool) -> dict[str, torch.Tensor]:
+    """torch's random methods, seeded per module by the grid seed and the module name."""
+    import torch
+    from torch.nn.utils import prune
+
+    amount = request.sparsity
+    method = prune.RandomStructured(amount, dim=0) if structured_rows else prune.RandomUnstructured(amount)
+    masks = {}
+    with torch.random.fork_rng(devices=[]):
+        for name, s in request.scores.items():
+            torch.manual_seed(int(request.seed) * 1_000_003 + zlib.crc32(name.encode()))
+            masks[name] = method.compute_mask(s, _ones(s)).bool()
+    return masks
+
+
+def random_unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
+    return _random(request, structured_rows=False)
+
+
+def random_structured(request: PruneRequest) -> dict[str, torch.Tensor]:
+    return _random(request, structured_rows=True)
+
+
+def neurons(request: PruneRequest) -> torch.Tensor:
+    """FFN neurons, lowest importance first, per layer or globally; every layer keeps ``min_per_layer``.
+
+    Scores below 0 mark neurons a layer no longer has; they are never kept and
+    not counted. Global removal that would empty a layer below the minimum keeps
+    that layer's best neurons and removes the next-lowest elsewhere instead, so
+    the total stays ``round(sparsity * neurons)``.
+    """
+    import torch
+
+    scores = request.scores.float()
+    present = scores >= 0
+    minimum = int(request.options.get("min_per_layer", 1))
+    method = importance_method()(request.sparsity)
+    if request.options.get("scope", "global") == "layer":
+        keep = torch.zeros_like(present)
+        for index in range(len(scores)):
+            row = scores[index, present[index]]
+            keep[index, : len(row)] = method.compute_mask(row, _ones(row)).bool()
+        return keep & present
+    remove = round(request.sparsity * int(present.sum()))
+    ranked = torch.where(present, scores, torch.inf)
+    protected = torch.zeros_like(present)
+    for index in range(len(scores)):  # each layer's best `minimum` neurons are never removed
+        best = torch.topk(torch.where(present[index], scores[index], -torch.inf), min(minimum, int(present[index].sum())))
+        protected[index, best.indices] = True
+    ranked = torch.where(protected, torch.inf, ranked).reshape(-1)
+    if remove > int((present & ~protected).sum()):
+        raise ValueError(f"cannot remove {remove} neurons and keep {minimum} in every layer")
+    keep = present.clone().reshape(-1)
+    keep[torch.topk(ranked, remove, largest=False).indices] = False
+    return keep.view(present.shape)
+
+
+@hookimpl
+def harness_pruners() -> list[Pruner]:
+    scope = {"scope": ("global", "layer")}
+    return [
+        Pruner("unstructured", "weight", unstructured, "lowest-importance weights of each module"),
+        Pruner("global-unstructured", "weight", global_unstructured, "lowest-importance weights across modules"),
+        Pruner("structured", "weight", structured, "rows with the lowest Ln norm of importance (LnStructured)",
+               {"n": 1}),
+        Pruner("random-unstructured", "weight", random_unstructured, "RandomUnstructured, seeded",
+               uses_scores=False),
+        Pruner("random-structured", "weight", random_structured, "RandomStructured rows, seeded", uses_scores=False),
+        Pruner("neurons", "neuron", neurons, "FFN neurons by importance, removed physically",
+               {"scope": "global", "min_per_layer": 1}, scope),
+    ]
