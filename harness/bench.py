@@ -52,6 +52,15 @@ class BenchConfig:
     eval_limit: int | None = None
     tensorboard: Path | None = None
     targets: str = "linear"  # weight groups that weight-granularity methods prune
+    baselines: bool = True  # add the random baseline of each granularity (and magnitude for weights)
+    cache: Path | None = None  # None: harness.cache.default_root()
+    use_cache: bool = True
+    executor: str = "local"  # or "ray"
+    address: str | None = None  # an existing Ray cluster; None starts a local one
+    cpus_per_task: float = 1.0
+    retries: int = 2  # Ray retries of a unit whose worker died
+    recover: str | None = None  # an adapter that trains every pruned model again (rows with and without)
+    recover_steps: int = 200
 
 
 @dataclass
@@ -65,9 +74,14 @@ class Plan:
     methods: list[tuple[Scorer | None, Pruner]]  # scorer None: a pruner that uses no scores
     sparsities: list[float]
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recovery: Adapter | None = None
+
+    def recoveries(self) -> tuple[bool, ...]:
+        """Each pruned cell without recovery, and with it when ``--recover`` names an adapter."""
+        return (False, True) if self.recovery is not None else (False,)
 
     def cells_per_unit(self) -> int:
-        return 1 + len(self.methods) * len(self.sparsities)
+        return 1 + len(self.methods) * len(self.sparsities) * len(self.recoveries())
 
     def total_cells(self) -> int:
         units = len(self.models) * len(self.tasks) * len(self.adapters) * len(self.config.seeds)
@@ -127,6 +141,22 @@ def _pair(chosen: dict[str, list[Any]]) -> list[tuple[Scorer | None, Pruner]]:
     return methods
 
 
+def _with_baselines(methods: list[tuple[Scorer | None, Pruner]], registry: Registry) -> list[tuple[Scorer | None, Pruner]]:
+    """Add every baseline scorer (``Scorer.baseline``) of a benchmarked granularity, with that granularity's pruners."""
+    present = {scorer.name for scorer, _ in methods if scorer is not None}
+    added = list(methods)
+    for name in registry.names("scorer"):
+        baseline = registry.get("scorer", name)
+        if not baseline.baseline or name in present:
+            continue
+        pruners = []
+        for scorer, pruner in methods:
+            if scorer is not None and scorer.granularity == baseline.granularity and pruner not in pruners:
+                pruners.append(pruner)
+        added.extend((baseline, pruner) for pruner in pruners)
+    return added
+
+
 def _load_tasks(config: BenchConfig, registry: Registry, overrides: dict) -> list[tuple[Task, TaskData]]:
     loaded = []
     for name in config.tasks:
@@ -157,7 +187,12 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
         raise UsageError(f"--targets: {error}") from None
     chosen = _select(registry, config.plugins)
     methods = _pair(chosen)
+    if config.baselines:
+        methods = _with_baselines(methods, registry)
     tasks = _load_tasks(config, registry, overrides)
     models = resolve_all(config.models)
     sparsities = sorted({s for s in config.sparsities if s > 0})
-    return Plan(config, models, tasks, chosen["adapter"], methods, sparsities, overrides)
+    recovery = registry.get("adapter", config.recover) if config.recover else None
+    if config.recover_steps < 1:
+        raise UsageError("--recover-steps must be >= 1")
+    return Plan(config, models, tasks, chosen["adapter"], methods, sparsities, overrides, recovery)

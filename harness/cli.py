@@ -1,4 +1,4 @@
-"""``harness`` command line: ``bench`` runs a grid, ``list`` shows the installed plugins.
+"""``harness`` command line: ``bench`` runs a grid, ``list`` shows the installed plugins, ``report`` draws them.
 
 Bad input is a one-line error and exit status 2; a grid with failed cells exits 1.
 Heavy libraries are imported only once a command runs, so ``--help`` is instant.
@@ -60,6 +60,17 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     add("--tensorboard", type=Path, default=None, metavar="DIR", help="write per-run TensorBoard scalars here")
     add("--targets", default=d.targets, help="weight groups weight pruners act on: linear, attention, ffn, "
         "qkv or any of q,k,v,o,ffn_in,ffn_out (default: linear; embeddings and classifier are never pruned)")
+    add("--no-baselines", action="store_true", help="do not add random (and magnitude) baselines to the grid")
+    add("--cache", type=Path, default=None, metavar="DIR",
+        help="cache of fine-tuned models and scores (default: $HARNESS_CACHE or ~/.cache/prune-harness)")
+    add("--no-cache", action="store_true", help="neither read nor write the cache")
+    add("--executor", choices=("local", "ray"), default=d.executor, help="run units here or as Ray tasks")
+    add("--address", default=None, help="address of an existing Ray cluster (default: start a local one)")
+    add("--cpus-per-task", type=float, default=d.cpus_per_task, help="Ray CPUs reserved per unit")
+    add("--retries", type=int, default=d.retries, help="Ray retries of a unit whose worker died")
+    add("--recover", default=None, metavar="ADAPTER",
+        help="train every pruned model again with this adapter (e.g. finetune, lora); rows before and after")
+    add("--recover-steps", type=int, default=d.recover_steps, help="training steps of the recovery")
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -68,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _bench_arguments(commands.add_parser("bench", help="run a benchmark grid and write a leaderboard"))
     commands.add_parser("list", help="list installed plugins: role, name, distribution")
+    report = commands.add_parser("report", help="Markdown + HTML leaderboard and PNG plots from a bench output folder")
+    report.add_argument("out", type=Path, help="the --out folder of a bench run")
+    report.add_argument("--to", type=Path, default=None, help="where to write (default: OUT/report)")
     return parser
 
 
@@ -94,23 +108,38 @@ def _config(args: argparse.Namespace) -> object:
         eval_limit=args.eval_limit,
         tensorboard=args.tensorboard,
         targets=args.targets,
+        baselines=not args.no_baselines,
+        cache=args.cache,
+        use_cache=not args.no_cache,
+        executor=args.executor,
+        address=args.address,
+        cpus_per_task=args.cpus_per_task,
+        retries=args.retries,
+        recover=args.recover,
+        recover_steps=args.recover_steps,
     )
 
 
 def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
     from harness import leaderboard
     from harness.bench import make_plan
+    from harness.executor import execute
     from harness.plugins import load_registry, parse_options
-    from harness.runner import execute
 
     config = _config(args)
     registry = load_registry(extra)
     plan = make_plan(config, registry, parse_options(config.options, registry))
     print(f"harness: {plan.total_cells()} cells -> {Path(config.out) / 'leaderboard.csv'}", file=sys.stderr)
     rows = execute(plan, progress=not args.no_progress)
-    print(leaderboard.summary(rows))
+    everything = leaderboard.read(Path(config.out) / "leaderboard.csv")
+    print(leaderboard.summary(everything))
+    leaderboard.write_aggregate(everything, Path(config.out) / "leaderboard_seeds.csv")
     failed = rows[rows["status"] != "ok"]
-    print(f"{len(rows) - len(failed)} ok, {len(failed)} failed; leaderboard: {Path(config.out) / 'leaderboard.csv'}")
+    counts = rows.attrs.get("counts", {})
+    print(f"{len(rows) - len(failed)} ok, {len(failed)} failed, {counts.get('cells_skipped', 0)} already done; "
+          f"fine-tunes run {counts.get('fine_tunes_run', 0)} (cached {counts.get('models_hit', 0)}), "
+          f"scoring passes run {counts.get('scoring_runs', 0)} (cached {counts.get('scores_hit', 0)})")
+    print(f"leaderboard: {Path(config.out) / 'leaderboard.csv'}; over seeds: {Path(config.out) / 'leaderboard_seeds.csv'}")
     for _, row in failed.iterrows():
         print(f"  failed: {row['scorer']}/{row['pruner']} sparsity {row['sparsity']} seed {row['seed']}: {row['error']}")
     return 1 if len(failed) else 0
@@ -128,11 +157,19 @@ def cmd_list(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
+    from harness import report
+
+    folder = report.build(args.out, args.to)
+    print(f"report: {folder / 'report.md'}, {folder / 'report.html'} and {len(list(folder.glob('*.png')))} plots")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, extra: Sequence[object] = ()) -> int:
     """Entry point; ``extra`` registers plugin objects directly (tests)."""
     try:
         args = build_parser().parse_args(argv)
-        command = cmd_bench if args.command == "bench" else cmd_list
+        command = {"bench": cmd_bench, "list": cmd_list, "report": cmd_report}[args.command]
         return command(args, extra)
     except UsageError as error:
         print(f"harness: error: {error}", file=sys.stderr)

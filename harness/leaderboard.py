@@ -37,6 +37,12 @@ COLUMNS = (
     "speedup",
     "scoring_s",
     "train_s",
+    "recovery",
+    "trainable_params",
+    "adapter_config",
+    "erank_q",
+    "erank_k",
+    "erank_v",
     "extras",
     "status",
     "error",
@@ -64,13 +70,21 @@ def read(path: Path) -> Any:
 
 
 def append(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Add rows atomically: lock, rewrite to a temporary file, fsync, rename over."""
+    """Add rows atomically: lock, rewrite to a temporary file, fsync, rename over.
+
+    A row whose run id is already there replaces the old row (a cell that failed
+    before and was run again), so the table holds one row per cell.
+    """
     import pandas as pd
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         new = pd.DataFrame([dict(row) for row in rows]).reindex(columns=list(COLUMNS))
-        frame = pd.concat([read(path), new], ignore_index=True) if path.exists() else new
+        if path.exists():  # a retried cell replaces its earlier (failed) row: one row per run id
+            old = read(path)
+            frame = pd.concat([old[~old["run_id"].astype(str).isin(new["run_id"].astype(str))], new], ignore_index=True)
+        else:
+            frame = new
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "w", newline="") as handle:
             frame.to_csv(handle, index=False)
@@ -95,3 +109,47 @@ def summary(frame: Any) -> str:
         parts.append("speedup vs dense (measured):")
         parts.append(speed.to_string(float_format=lambda v: f"{v:.2f}x"))
     return "\n".join(parts)
+
+
+AGGREGATE_KEYS = (
+    "model", "task", "adapter", "scorer", "pruner", "granularity", "options", "targets", "recovery", "sparsity",
+)
+
+
+def aggregate(frame: Any) -> Any:
+    """One row per (model, task, method, sparsity): mean, sd and count over seeds, dense reference beside it.
+
+    Only ``ok`` rows count; ``sd`` is the sample standard deviation (NaN for one seed).
+    """
+    import pandas as pd
+
+    ok = frame[frame["status"] == "ok"].copy()
+    if ok.empty:
+        return pd.DataFrame()
+    keys = list(AGGREGATE_KEYS)
+    ok[keys] = ok[keys].fillna("")
+    grouped = ok.groupby(keys, sort=True, dropna=False)
+    table = grouped.agg(
+        metric=("metric", "first"),
+        score_mean=("score", "mean"),
+        score_sd=("score", "std"),
+        seeds=("seed", "nunique"),
+        achieved_sparsity=("achieved_sparsity", "mean"),
+        params=("params", "mean"),
+        gflops=("gflops", "mean"),
+        speedup_mean=("speedup", "mean"),
+        speedup_sd=("speedup", "std"),
+    ).reset_index()
+    dense = table[(table["scorer"] == "none") & (table["pruner"] == "none")]
+    dense = dense[["model", "task", "adapter", "score_mean", "score_sd"]].rename(
+        columns={"score_mean": "dense_mean", "score_sd": "dense_sd"}
+    )
+    return table.merge(dense, on=["model", "task", "adapter"], how="left")
+
+
+def write_aggregate(frame: Any, path: Path) -> None:
+    """The seed aggregate as CSV, replaced atomically."""
+    table = aggregate(frame)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)

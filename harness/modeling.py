@@ -10,7 +10,7 @@ import statistics
 import time
 from typing import TYPE_CHECKING, Iterable
 
-from harness.records import Batch
+from harness.records import Batch, TrainRequest
 
 if TYPE_CHECKING:
     import torch
@@ -119,3 +119,36 @@ def forward_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
     batch, tokens = inputs["input_ids"].shape
     geometry = surgery.head_geometry(model)
     return total + 4 * batch * tokens * tokens * geometry.head_dim * geometry.total_heads
+
+
+def train_adamw(request: TrainRequest) -> tuple[int, float]:
+    """Train ``request.model`` in place: AdamW, linear warm-up then decay, clipping; ``(steps, last loss)``.
+
+    Public so that every adapter (built-in or third-party) shares one loop instead
+    of importing another plugin. Only parameters with ``requires_grad`` are
+    optimised; options ``weight_decay``, ``warmup_ratio`` and ``max_grad_norm``
+    are required. Seeds torch with ``request.seed`` first, logs ``train/loss`` each
+    step and leaves the model in eval mode.
+    """
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    model, options = request.model, request.options
+    torch.manual_seed(request.seed)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=request.learning_rate, weight_decay=float(options["weight_decay"]))
+    warmup = int(float(options["warmup_ratio"]) * request.steps)
+    schedule = get_linear_schedule_with_warmup(optimizer, warmup, max(request.steps, 1))
+    model.train()
+    loss_value, step = float("nan"), 0
+    for step, batch in enumerate(request.batches, start=1):
+        loss = per_example_loss(model, batch).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, float(options["max_grad_norm"]))
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = float(loss.detach())
+        request.log("train/loss", loss_value, step)
+    model.eval()
+    return step, loss_value

@@ -154,6 +154,7 @@ class Scorer:
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
     per_sparsity: bool = False
     updates_model: bool = False
+    baseline: bool = False  # added to every grid that benchmarks its granularity, unless --no-baselines
 
 
 @dataclass(frozen=True)

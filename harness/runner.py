@@ -1,22 +1,22 @@
-"""Running a validated plan: fine-tune once per unit, score once per scorer, prune per sparsity.
+"""One unit of a grid: fine-tune once (or load it from the cache), score once per scorer, prune per sparsity.
 
 Failures are isolated: an exception in a plugin becomes ``status=error`` rows for
-exactly the cells that depended on it, and the grid goes on.
+exactly the cells that depended on it, and the grid goes on. Which units run
+where, and resuming, is :mod:`harness.executor`'s job.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
+from harness import adaptation, modeling, surgery
 from harness import data as taskdata
-from harness import leaderboard, modeling, surgery
 from harness.bench import Plan
+from harness.cache import Cache, digest
 from harness.models import ModelSource, load_classifier
 from harness.plugins import options_for, options_label
 from harness.records import Adapter, Pruner, PruneRequest, Scorer, ScoreRequest, Task, TaskData, TrainRequest
@@ -24,18 +24,6 @@ from harness.tracking import Scalars, recording
 
 Row = dict[str, Any]
 DEFAULT_TRAIN_STEPS = 300
-
-
-def run_id(parts: dict[str, Any]) -> str:
-    """A content hash of everything that determines a cell's result."""
-    import torch
-    import transformers
-
-    from harness import __version__
-
-    versions = {"harness": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
-    blob = json.dumps({**parts, "versions": versions}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _error_text(error: BaseException) -> str:
@@ -65,6 +53,8 @@ class Unit:
     seed: int
     write: Callable[[Row], None]
     scalars: Scalars
+    cache: Cache
+    identity: dict  # fingerprints of the model files and the task data: part of every hash
     model: Any = None
     tokenizer: Any = None
     eval_batches: list = field(default_factory=list)
@@ -74,6 +64,7 @@ class Unit:
     train_s: float = float("nan")
     heads_total: int = 0
     dense_gflops: float = float("nan")
+    adapted: dict = field(default_factory=dict)  # the unit adapter's row columns: trainable params, config, ranks
     scopes: dict = field(default_factory=dict)  # granularity -> (module names, dense weight count)
 
     @property
@@ -81,9 +72,10 @@ class Unit:
         steps = self.plan.config.train_steps
         return steps if steps is not None else (self.data.train_steps or DEFAULT_TRAIN_STEPS)
 
-    def row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float) -> Row:
+    def row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float, recovery: bool = False) -> Row:
         """The identifying columns of a cell, with its content-hash run id."""
         c, o = self.plan.config, self.plan.overrides
+        recover = self.plan.recovery if recovery else None
         labels = [options_label(r, o) for r in (self.task, self.adapter, scorer, pruner) if r is not None]
         granularity = pruner.granularity if pruner else "none"
         parts = {
@@ -97,10 +89,22 @@ class Unit:
             "targets": c.targets if granularity == "weight" else "",
             "sparsity": sparsity,
             "seed": self.seed,
+            "recovery": (options_label(recover, o) or recover.name) if recover else "",
         }
         budget = (self.train_steps, c.batch_size, c.learning_rate, c.calib_examples, c.eval_limit)
-        digest = run_id({**parts, "budget": budget, "latency": (c.latency_batch, c.latency_tokens)})
-        return {"run_id": digest, **parts, "metric": self.data.metric, "train_s": round(self.train_s, 2)}
+        if recover:
+            budget = (*budget, c.recover_steps)
+        latency = (c.latency_batch, c.latency_tokens)
+        key = digest({**parts, "identity": self.identity, "budget": budget, "latency": latency})
+        return {"run_id": key, **parts, "metric": self.data.metric, "train_s": round(self.train_s, 2), **self.adapted}
+
+    def unit_key(self) -> str:
+        """Hash of what determines the fine-tuned model: the cache key of the unit's training."""
+        c = self.plan.config
+        adapter = options_label(self.adapter, self.plan.overrides) or self.adapter.name
+        budget = (self.train_steps, c.batch_size, c.learning_rate)
+        return digest({"identity": self.identity, "model": self.source.name, "task": self.task.name,
+                       "adapter": adapter, "seed": self.seed, "budget": budget})
 
     def scope(self, granularity: str) -> tuple[tuple[str, ...], int] | None:
         """The weights a granularity prunes (names, dense count): what achieved sparsity is measured on."""
@@ -157,7 +161,7 @@ class Unit:
         }
 
     def prepare(self) -> None:
-        """Load, fine-tune and measure the dense model (the reference of every cell in the unit)."""
+        """Load and fine-tune (or load the cached fine-tune of) the dense model: the reference of every cell."""
         c = self.plan.config
         self.model, self.tokenizer = load_classifier(self.source, self.data.label_names, self.seed)
         validation = self.data.validation
@@ -166,6 +170,28 @@ class Unit:
         self.eval_labels = [int(label) for batch in self.eval_batches for label in batch["labels"]]
         indices = taskdata.calibration_indices(self.data.train, c.calib_examples, self.seed)
         self.calibration = taskdata.batches(self.tokenizer, self.data.train, c.batch_size, self.data.max_length, indices)
+        meta = self.cache.load_model(self.unit_key(), self.model)
+        if meta is None:
+            meta, updates = self._train()
+            if updates:
+                meta["ranks"] = adaptation.write_spectra(updates, self.model, self.spectra_stem())
+            self.cache.save_model(self.unit_key(), self.model, meta)
+        self.train_s = float(meta["train_s"])
+        self.adapted = adaptation.row_columns(meta)
+        self.model.eval()
+        self.heads_total = surgery.head_geometry(self.model).total_heads
+        self.latency_input = modeling.latency_input(self.model, c.latency_batch, c.latency_tokens)
+        self.dense_gflops = modeling.forward_flops(self.model, self.latency_input) / 1e9
+
+    def spectra_stem(self) -> Any:
+        """Where this unit's update spectra go: ``<out>/spectra/<model>-<task>-<adapter>-seed<N>``."""
+        from pathlib import Path
+
+        name = f"{self.source.name.split('/')[-1]}-{self.task.name}-{self.adapter.name}-seed{self.seed}"
+        return Path(self.plan.config.out) / "spectra" / name
+
+    def _train(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        c = self.plan.config
         stream = taskdata.training_stream(
             self.tokenizer, self.data.train, self.train_steps, c.batch_size, self.data.max_length, self.seed
         )
@@ -174,11 +200,12 @@ class Unit:
         request = TrainRequest(self.model, stream, self.train_steps, c.learning_rate, self.seed, options, log)
         start = time.perf_counter()
         result = self.adapter.train(request)
-        self.train_s = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
         self.model = result.model.eval()
-        self.heads_total = surgery.head_geometry(self.model).total_heads
-        self.latency_input = modeling.latency_input(self.model, c.latency_batch, c.latency_tokens)
-        self.dense_gflops = modeling.forward_flops(self.model, self.latency_input) / 1e9
+        self.cache.counts["fine_tunes_run"] += 1
+        meta = {"train_s": elapsed, "trainable_params": result.trainable_params, "final_loss": result.final_loss,
+                "config": dict(result.config)}
+        return meta, dict(result.updates)
 
     def dense(self) -> Row:
         return self.measure(self.model, {**self.row(None, None, 0.0), "scoring_s": 0.0})
@@ -188,7 +215,7 @@ class Unit:
         return taskdata.training_stream(self.tokenizer, self.data.train, steps, c.batch_size, self.data.max_length, self.seed)
 
     def scores(self, scorer: Scorer | None, sparsity: float | None) -> Scored:
-        """Run a scorer on a copy of the dense model (once, or once per sparsity if it learns).
+        """A scorer's output on a copy of the dense model (once, or once per sparsity if it learns), cached.
 
         Without a scorer (a pruner that uses no scores) the "scores" are the
         absolute target weights: only their shapes matter.
@@ -197,6 +224,44 @@ class Unit:
         if scorer is None:
             modules = dict(self.model.named_modules())
             return Scored({n: modules[n].weight.detach().abs() for n in targets}, 0.0, {})
+        key = self._score_key(scorer, sparsity, targets)
+        cached = self._cached_scores(scorer, key)
+        if cached is not None:
+            return cached
+        scored = self._score(scorer, sparsity, targets)
+        self.cache.counts["scoring_runs"] += 1
+        tensors = scored.values if isinstance(scored.values, dict) else {"": scored.values}
+        tensors = {f"scores/{name}": t for name, t in tensors.items()}
+        if scored.model is not None:
+            tensors.update({f"model/{k}": v for k, v in scored.model.state_dict().items()})
+        meta = {"seconds": scored.seconds, "extras": scored.extras, "dict": isinstance(scored.values, dict)}
+        self.cache.save_tensors("scores", key, _untied(tensors), meta)
+        return scored
+
+    def _score_key(self, scorer: Scorer, sparsity: float | None, targets: tuple[str, ...]) -> str:
+        c = self.plan.config
+        label = options_label(scorer, self.plan.overrides) or scorer.name
+        targets = targets if scorer.granularity == "weight" else ()
+        calibration = (c.calib_examples, c.batch_size)
+        return digest({"unit": self.unit_key(), "scorer": label, "sparsity": sparsity, "targets": targets,
+                       "calibration": calibration})
+
+    def _cached_scores(self, scorer: Scorer, key: str) -> Scored | None:
+        found = self.cache.load_tensors("scores", key)
+        if found is None:
+            return None
+        tensors, meta = found
+        scores = {k[len("scores/"):]: v for k, v in tensors.items() if k.startswith("scores/")}
+        model = None
+        if scorer.updates_model:
+            model = copy.deepcopy(self.model)
+            state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+            model.load_state_dict(state, strict=False)
+            model.eval()
+        values = scores if meta["dict"] else scores[""]
+        return Scored(values, float(meta["seconds"]), dict(meta["extras"]), model)
+
+    def _score(self, scorer: Scorer, sparsity: float | None, targets: tuple[str, ...]) -> Scored:
         model = copy.deepcopy(self.model)
         label = self.row(scorer, None, sparsity or 0.0)["run_id"]
         extras: dict[str, float] = {}
@@ -220,19 +285,36 @@ class Unit:
         modules = dict(self.model.named_modules())
         return {name: tuple(modules[name].weight.shape) for name in self.scope("weight")[0]}
 
-    def pruned(self, scorer: Scorer | None, pruner: Pruner, scored: Scored, sparsity: float) -> Row:
+    def pruned(self, scorer: Scorer | None, pruner: Pruner, scored: Scored, sparsity: float, recovery: bool) -> Row:
+        """Apply the pruner's mask to a copy; with ``recovery``, train it again (sparsity kept) before measuring."""
         scores = scored.values
         kv_heads = surgery.head_geometry(self.model).kv_heads_per_layer
         request = PruneRequest(scores, sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads)
         keep = pruner.compute_mask(request)
         base = scored.model if scored.model is not None else self.model
         model = apply_keep(copy.deepcopy(base), pruner, keep, scores)
-        extras = json.dumps({k: round(v, 6) for k, v in sorted(scored.extras.items())}) if scored.extras else ""
-        row = {**self.row(scorer, pruner, sparsity), "scoring_s": round(scored.seconds, 3), "extras": extras}
+        extras = dict(scored.extras)
+        row = {**self.row(scorer, pruner, sparsity, recovery), "scoring_s": round(scored.seconds, 3)}
+        if recovery:
+            model, recovered = adaptation.recover(self, model, pruner, keep)
+            extras.update(recovered)
+            row["trainable_params"] = int(recovered["recovery/trainable_params"])
+        row["extras"] = json.dumps({k: round(v, 6) for k, v in sorted(extras.items())}) if extras else ""
         return self.measure(model, row)
 
-    def error_row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float, error: BaseException) -> Row:
-        return {**self.row(scorer, pruner, sparsity), "status": "error", "error": _error_text(error)}
+    def error_row(self, cell: tuple, error: BaseException) -> Row:
+        return {**self.row(*cell), "status": "error", "error": _error_text(error)}
+
+
+def _untied(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Copies of tensors that share storage (tied weights), which safetensors refuses to save twice."""
+    seen: set[int] = set()
+    plain = {}
+    for name, tensor in tensors.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        plain[name] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
+    return plain
 
 
 def _checked_scores(scorer: Scorer, values: Any, expected: Any) -> Any:
@@ -264,68 +346,3 @@ def apply_keep(model: Any, pruner: Pruner, keep: Any, scores: Any) -> Any:
     if pruner.granularity == "neuron":
         return surgery.remove_neurons(model, keep.bool())
     return surgery.remove_heads(model, keep.bool())
-
-
-def _run_unit(unit: Unit, tick: Callable[[str], None]) -> None:
-    plan = unit.plan
-    cells = [(s, p, sp) for s, p in plan.methods for sp in plan.sparsities]
-    try:
-        unit.prepare()
-        unit.write(unit.dense())
-    except Exception as error:  # the dense model failed: every cell of the unit depends on it
-        unit.write(unit.error_row(None, None, 0.0, error))
-        for scorer, pruner, sparsity in cells:
-            unit.write(unit.error_row(scorer, pruner, sparsity, error))
-        tick("")
-        return
-    tick("dense")
-    computed: dict[tuple[str, float | None], Scored | BaseException] = {}
-    for scorer, pruner, sparsity in cells:
-        name = scorer.name if scorer else "none"
-        label = f"{name}/{pruner.name}@{sparsity}"
-        key = (name, sparsity if scorer and scorer.per_sparsity else None)
-        if key not in computed:
-            try:
-                computed[key] = unit.scores(scorer, key[1])
-            except Exception as error:
-                computed[key] = error
-        outcome = computed[key]
-        try:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            unit.write(unit.pruned(scorer, pruner, outcome, sparsity))
-        except Exception as error:
-            unit.write(unit.error_row(scorer, pruner, sparsity, error))
-        tick(label)
-
-
-def execute(plan: Plan, progress: bool = True) -> Any:
-    """Run every unit of the plan, appending rows to ``<out>/leaderboard.csv``; returns this run's rows."""
-    from tqdm.auto import tqdm
-
-    path = Path(plan.config.out) / "leaderboard.csv"
-    rows: list[Row] = []
-
-    def write(row: Row) -> None:
-        leaderboard.append(path, [row])
-        rows.append(row)
-
-    scalars = Scalars(plan.config.tensorboard)
-    bar = tqdm(total=plan.total_cells(), disable=not progress, unit="cell", dynamic_ncols=True)
-    for source in plan.models:
-        for task, data in plan.tasks:
-            for adapter in plan.adapters:
-                for seed in plan.config.seeds:
-                    unit = Unit(plan, source, task, data, adapter, seed, write, scalars)
-                    bar.set_description(f"{source.name} × {task.name} × {adapter.name} seed {seed}: fine-tuning")
-
-                    def tick(label: str, unit: Unit = unit) -> None:
-                        bar.update(plan.cells_per_unit() if label == "" else 1)
-                        bar.set_description(f"{unit.source.name} × {unit.task.name} seed {unit.seed}: {label}")
-
-                    _run_unit(unit, tick)
-    bar.close()
-    scalars.close()
-    import pandas as pd
-
-    return pd.DataFrame(rows).reindex(columns=list(leaderboard.COLUMNS))

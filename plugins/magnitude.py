@@ -36,7 +36,8 @@ def score_neurons(request: ScoreRequest) -> torch.Tensor:
 @hookimpl
 def harness_scorers() -> list[Scorer]:
     return [
-        Scorer(name="magnitude", granularity="weight", score=score_weights, description="|w| of each weight"),
+        Scorer(name="magnitude", granularity="weight", score=score_weights, description="|w| of each weight",
+               baseline=True),
         Scorer(
             name="magnitude-neuron",
             granularity="neuron",

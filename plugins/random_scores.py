@@ -51,7 +51,10 @@ def score_weights(request: ScoreRequest) -> dict[str, torch.Tensor]:
 def harness_scorers() -> list[Scorer]:
     options = {"offset": 0}
     return [
-        Scorer("random", "head", score, "uniform random head importance, seeded by the grid seed", options),
-        Scorer("random-weight", "weight", score_weights, "uniform random weight importance, seeded", options),
-        Scorer("random-neuron", "neuron", score_neurons, "uniform random FFN-neuron importance, seeded", options),
+        Scorer("random", "head", score, "uniform random head importance, seeded by the grid seed", options,
+               baseline=True),
+        Scorer("random-weight", "weight", score_weights, "uniform random weight importance, seeded", options,
+               baseline=True),
+        Scorer("random-neuron", "neuron", score_neurons, "uniform random FFN-neuron importance, seeded", options,
+               baseline=True),
     ]

@@ -82,3 +82,9 @@ def tiny_model_dir(tmp_path: Path):
         return directory
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty cache, never the user's ~/.cache."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.mktemp("cache")))

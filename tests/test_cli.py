@@ -113,10 +113,17 @@ def test_bench_end_to_end_on_a_tiny_model(capsys, tiny_model_dir, tmp_path: Path
     assert frame[frame["scorer"] == "random"]["options"].isna().all(), "only options a user changed are shown"
     assert frame["latency_ms"].gt(0).all() and frame["speedup"].gt(0).all()
     assert "accuracy by sparsity" in capsys.readouterr().out
-    assert main(argv) == 0  # a second run appends; it never truncates what is there
-    again = pd.read_csv(out / "leaderboard.csv")
-    assert len(again) == 2 * len(frame)
-    assert list(again["run_id"][: len(frame)]) == list(frame["run_id"])
+    assert main(argv) == 0  # the same command again: every cell is done, nothing runs, nothing is lost
+    assert "0 ok, 0 failed, 14 already done; fine-tunes run 0" in capsys.readouterr().out
+    assert pd.read_csv(out / "leaderboard.csv").equals(frame)
+    elsewhere = [*argv[: argv.index("--out")], "--out", str(tmp_path / "other"), *argv[argv.index("--out") + 2 :]]
+    assert main(elsewhere) == 0  # a new leaderboard, the same cache: fine-tunes and scores are reused
+    assert "fine-tunes run 0 (cached 2), scoring passes run 0 (cached 8)" in capsys.readouterr().out
+    reused = pd.read_csv(tmp_path / "other" / "leaderboard.csv")
+    assert list(reused["run_id"]) == list(frame["run_id"]) and list(reused["score"]) == list(frame["score"])
+    seeds = pd.read_csv(out / "leaderboard_seeds.csv")
+    assert set(seeds["seeds"]) == {2} and len(seeds) == 1 + 3 * 2
+    assert (seeds["dense_mean"] == dense["score"].mean()).all()
 
 
 class Exploding:

@@ -151,7 +151,7 @@ def test_pruner_is_registered():
     (pruner,) = head_pruner.harness_pruners()
     assert pruner.name == "heads" and pruner.granularity == "head"
     assert pruner.compute_mask is head_pruner.compute_mask
-    assert dict(pruner.options) == {"scope": "global", "min_heads_per_layer": 1}
+    assert dict(pruner.options)["scope"] == "global" and dict(pruner.options)["min_heads_per_layer"] == 1
 
 
 # --------------------------------------------------------------------------- random scorer
@@ -322,7 +322,9 @@ def test_head_gradient_needs_batches():
 
 def test_scorers_are_registered():
     (gradient,) = head_gradient.harness_scorers()
-    (uniform,) = random_scores.harness_scorers()
+    uniform, weights, neurons = random_scores.harness_scorers()
+    assert [(s.name, s.granularity, s.baseline) for s in (weights, neurons)] == [
+        ("random-weight", "weight", True), ("random-neuron", "neuron", True)]
     assert (gradient.name, gradient.granularity, gradient.score) == ("head-gradient", "head", head_gradient.score)
     assert dict(gradient.options) == {"normalize": True, "per_example": True}
     assert (uniform.name, uniform.granularity, uniform.score) == ("random", "head", random_scores.score)

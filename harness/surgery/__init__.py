@@ -32,7 +32,14 @@ from harness.surgery.neurons import (
     remove_neurons,
 )
 from harness.surgery.saving import load_pruned, save_pruned
-from harness.surgery.weights import GROUPS, apply_weight_masks, count_nonzero, parse_groups, target_modules
+from harness.surgery.weights import (
+    GROUPS,
+    apply_weight_masks,
+    count_nonzero,
+    module_groups,
+    parse_groups,
+    target_modules,
+)
 
 __all__ = [
     "FFN_LAYOUTS",
@@ -46,6 +53,7 @@ __all__ = [
     "ffn_module_names",
     "ffn_widths",
     "mask_neurons",
+    "module_groups",
     "neuron_scores",
     "parse_groups",
     "remove_neurons",

@@ -94,3 +94,8 @@ def count_nonzero(model: nn.Module, names: tuple[str, ...]) -> tuple[int, int]:
         nonzero += int(weight.count_nonzero())
         total += weight.numel()
     return nonzero, total
+
+
+def module_groups(model: nn.Module) -> dict[str, str]:
+    """Every prunable linear module's dotted name and its group (``"q"``, ..., ``"ffn_out"``)."""
+    return {name: group for group in GROUPS for name in target_modules(model, (group,))}

@@ -1,0 +1,75 @@
+"""What adapters add to a grid: spectra of their learned updates, row columns, and recovery after pruning.
+
+Recovery trains a pruned model again with an adapter (full fine-tuning or a LoRA
+variant, merged). Sparsity must survive it: a physically pruned model stays
+small by construction, and masked weights are masked again after training,
+because training (or merging a low-rank update) makes zeros dense.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from harness import data as taskdata
+from harness import surgery
+from harness.plugins import options_for
+from harness.records import Pruner, TrainRequest
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from harness.runner import Unit
+
+RANK_COLUMNS = ("erank_q", "erank_k", "erank_v")
+
+
+def write_spectra(updates: Mapping[str, torch.Tensor], model: nn.Module, stem: Path) -> dict[str, float]:
+    """Spectra CSV, per-module summary CSV and plot next to the leaderboard; median ranks per kind."""
+    from harness import spectra
+
+    kinds = surgery.module_groups(model)
+    table = spectra.spectra(updates, kinds)
+    summary = spectra.summary(updates, kinds)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    spectra.write_csv(table, stem.with_name(stem.name + "-spectra.csv"))
+    spectra.write_csv(summary, stem.with_name(stem.name + "-summary.csv"))
+    spectra.plot(table, stem.with_name(stem.name + "-spectra.png"))
+    ranks = spectra.median_ranks(summary)
+    ranks.update(spectra.median_ranks(summary, "energy90_rank", "rank90"))
+    return ranks
+
+
+def row_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The unit adapter's columns in every row of the unit: trainable parameters, its config, q/k/v ranks."""
+    ranks = meta.get("ranks", {})
+    columns: dict[str, Any] = {
+        "trainable_params": int(meta.get("trainable_params", 0)),
+        "adapter_config": json.dumps(meta["config"], sort_keys=True) if meta.get("config") else "",
+    }
+    columns.update({name: round(float(ranks[name]), 4) if name in ranks else float("nan") for name in RANK_COLUMNS})
+    return columns
+
+
+def recover(unit: Unit, model: nn.Module, pruner: Pruner, keep: Any) -> tuple[nn.Module, dict[str, float]]:
+    """Train a pruned model with the plan's recovery adapter; re-mask weights; the cost as extras."""
+    import time
+
+    adapter, c = unit.plan.recovery, unit.plan.config
+    assert adapter is not None
+    stream = taskdata.training_stream(
+        unit.tokenizer, unit.data.train, c.recover_steps, c.batch_size, unit.data.max_length, unit.seed + 1
+    )
+    options = options_for(adapter, unit.plan.overrides)
+    request = TrainRequest(model, stream, c.recover_steps, c.learning_rate, unit.seed, options)
+    start = time.perf_counter()
+    result = adapter.train(request)
+    seconds = time.perf_counter() - start
+    recovered = result.model.eval()
+    if pruner.granularity == "weight":
+        surgery.apply_weight_masks(recovered, {name: mask.bool() for name, mask in keep.items()})
+    extras = {"recovery/train_s": seconds, "recovery/trainable_params": float(result.trainable_params),
+              "recovery/final_loss": float(result.final_loss)}
+    return recovered, extras

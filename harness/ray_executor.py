@@ -1,0 +1,82 @@
+"""Ray executor (``--executor ray``): every unit is a Ray task; the driver writes rows as tasks finish.
+
+Units are independent (one fine-tune each), so they are the unit of
+distribution. The plan is put in the object store once. A unit whose worker
+dies is retried (``--retries``); when retries run out its cells become error
+rows and the grid goes on. The same grid gives the same rows as the local
+executor: same run ids, same cached fine-tunes and scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.bench import Plan
+from harness.cache import Cache
+from harness.errors import UsageError
+from harness.runner import Row
+
+
+def _unit_task(plan: Plan, spec: Any, done: set[str], cache_root: Path | None) -> tuple[list[Row], dict[str, int]]:
+    """Run one unit in a worker; its rows and cache counters go back to the driver."""
+    from harness.executor import make_unit, run_unit
+    from harness.tracking import Scalars
+
+    rows: list[Row] = []
+    cache = Cache(cache_root)
+    scalars = Scalars(plan.config.tensorboard)
+    try:
+        run_unit(make_unit(plan, spec, rows.append, scalars, cache), done, lambda label: None)
+    finally:
+        scalars.close()
+    return rows, dict(cache.counts)
+
+
+def _start(plan: Plan) -> bool:
+    """Connect to ``--address`` or start a local instance; True when this call started Ray."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'prune-harness[ray]'") from None
+    if ray.is_initialized():
+        return False
+    ray.init(address=plan.config.address, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _failed_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None], error: BaseException) -> None:
+    from harness.executor import make_unit, unit_cells
+    from harness.tracking import Scalars
+
+    unit = make_unit(plan, spec, write, Scalars(None), Cache(None))
+    for cell in unit_cells(unit, done):
+        write(unit.error_row(cell, error))
+
+
+def run(plan: Plan, done: set[str], write: Callable[[Row], None], bar: Any, cache: Cache) -> None:
+    import ray
+
+    from harness.executor import unit_specs
+
+    started = _start(plan)
+    try:
+        c = plan.config
+        task = ray.remote(num_cpus=c.cpus_per_task, max_retries=c.retries)(_unit_task)
+        shared = ray.put(plan)
+        pending = {task.remote(shared, spec, done, cache.root): spec for spec in unit_specs(plan)}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            spec = pending.pop(ready[0])
+            try:
+                rows, counts = ray.get(ready[0])
+            except Exception as error:  # the worker died more often than --retries allows
+                _failed_unit(plan, spec, done, write, error)
+            else:
+                for row in rows:
+                    write(row)
+                cache.counts.update(counts)
+            bar.update(plan.cells_per_unit())
+    finally:
+        if started:
+            ray.shutdown()

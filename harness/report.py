@@ -1,0 +1,143 @@
+"""``harness report OUT``: Markdown and self-contained HTML leaderboards, and PNG plots, from a leaderboard CSV.
+
+People look rather than read: per (model, task, adapter) one plot of the metric
+against sparsity (mean ± sd over seeds, one curve per method, the dense model
+as a line) and one of the metric against measured speedup (the Pareto view).
+The HTML embeds the plots, so the one file can be mailed or published.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+from harness import leaderboard
+from harness.errors import UsageError
+
+TABLE_COLUMNS = ("scorer", "pruner", "sparsity", "achieved_sparsity", "score_mean", "score_sd", "seeds",
+                 "speedup_mean", "params", "gflops")
+
+
+def _method(frame: Any) -> Any:
+    return frame["scorer"].astype(str) + "/" + frame["pruner"].astype(str)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _slug(*parts: str) -> str:
+    return "-".join("".join(c if c.isalnum() else "_" for c in str(p)) for p in parts)
+
+
+def plot_sparsity(group: Any, path: Path, title: str) -> None:
+    """Metric vs sparsity with error bars over seeds; dense as a horizontal line with its band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    dense = group[(group["scorer"] == "none") & (group["pruner"] == "none")]
+    pruned = group.drop(dense.index)
+    for method, rows in pruned.assign(method=_method(pruned)).groupby("method", sort=True):
+        rows = rows.sort_values("sparsity")
+        ax.errorbar(rows["sparsity"], rows["score_mean"], yerr=rows["score_sd"].fillna(0), marker="o",
+                    capsize=3, label=method)
+    if not dense.empty:
+        mean, sd = float(dense["score_mean"].iloc[0]), float(dense["score_sd"].fillna(0).iloc[0])
+        ax.axhline(mean, color="black", linestyle="--", label="dense")
+        ax.axhspan(mean - sd, mean + sd, color="black", alpha=0.08)
+    ax.set_xlabel("sparsity (fraction removed)")
+    ax.set_ylabel(str(group["metric"].iloc[0]))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_speedup(group: Any, path: Path, title: str) -> None:
+    """Metric vs measured speedup, every (method, sparsity) a point: up and right is better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    dense = group[(group["scorer"] == "none") & (group["pruner"] == "none")]
+    if not dense.empty:
+        ax.errorbar([1.0], dense["score_mean"], yerr=dense["score_sd"].fillna(0), marker="s", color="black",
+                    capsize=3, linestyle="none", label="dense")
+    pruned = group.drop(dense.index)
+    for method, rows in pruned.assign(method=_method(pruned)).groupby("method", sort=True):
+        rows = rows.sort_values("speedup_mean")
+        ax.errorbar(rows["speedup_mean"], rows["score_mean"], xerr=rows["speedup_sd"].fillna(0),
+                    yerr=rows["score_sd"].fillna(0), marker="o", capsize=3, label=method)
+    ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("measured speedup over dense (x)")
+    ax.set_ylabel(str(group["metric"].iloc[0]))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _markdown_table(frame: Any) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    lines = [header, "|" + "---|" * len(frame.columns)]
+    for _, row in frame.iterrows():
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _sections(table: Any, folder: Path) -> list[tuple[str, Any, list[Path]]]:
+    """Per (model, task, adapter): its title, its table and its two plots."""
+    sections = []
+    for (model, task, adapter), group in table.groupby(["model", "task", "adapter"], sort=True):
+        title = f"{model} × {task} ({adapter})"
+        stem = _slug(model.split("/")[-1], task, adapter)
+        plots = [folder / f"{stem}-sparsity.png", folder / f"{stem}-speedup.png"]
+        plot_sparsity(group, plots[0], title)
+        plot_speedup(group, plots[1], title)
+        columns = [c for c in TABLE_COLUMNS if c in group.columns]
+        sections.append((title, group[columns].sort_values(["sparsity", "scorer", "pruner"]), plots))
+    return sections
+
+
+def build(out: Path, folder: Path | None = None) -> Path:
+    """Write ``report.md``, ``report.html`` and the PNGs into ``folder`` (default ``OUT/report``)."""
+    source = Path(out) / "leaderboard.csv"
+    if not source.exists():
+        raise UsageError(f"{source} does not exist: run 'harness bench --out {out}' first")
+    table = leaderboard.aggregate(leaderboard.read(source))
+    if table.empty:
+        raise UsageError(f"{source} has no successful rows to report")
+    folder = Path(folder or Path(out) / "report")
+    folder.mkdir(parents=True, exist_ok=True)
+    sections = _sections(table, folder)
+    intro = "Mean ± sd over seeds of every (method, sparsity); speedup is measured, never derived."
+    md = ["# Leaderboard", "", intro, ""]
+    page = ["<!doctype html><meta charset='utf-8'><title>Leaderboard</title>",
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
+            "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
+            f"<h1>Leaderboard</h1><p>{html.escape(intro)}</p>"]
+    for title, frame, plots in sections:
+        md += [f"## {title}", "", *[f"![{p.stem}]({p.name})" for p in plots], "", _markdown_table(frame), ""]
+        images = "".join(
+            f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+            for p in plots
+        )
+        page += [f"<h2>{html.escape(title)}</h2>", images, frame.to_html(index=False, float_format="%.4g")]
+    _write(folder / "report.md", "\n".join(md))
+    _write(folder / "report.html", "\n".join(page))
+    return folder

@@ -1,0 +1,67 @@
+"""``harness report``: Markdown, self-contained HTML and PNG plots from a leaderboard."""
+
+from __future__ import annotations
+
+import itertools
+
+import pandas as pd
+from conftest import REPO
+
+from harness import leaderboard
+from harness.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_grid(out) -> pd.DataFrame:
+    """Two methods × three sparsities × three seeds plus dense, with known means."""
+    rows = []
+    for seed in (0, 1, 2):
+        rows.append({"run_id": f"d{seed}", "model": "m", "task": "t", "adapter": "finetune", "scorer": "none",
+                     "pruner": "none", "sparsity": 0.0, "seed": seed, "metric": "accuracy",
+                     "score": 0.9 + 0.01 * (seed - 1), "speedup": 1.0, "status": "ok"})
+    for (scorer, base), sparsity, seed in itertools.product([("good", 0.85), ("random", 0.7)], (0.25, 0.5, 0.75),
+                                                            (0, 1, 2)):
+        rows.append({"run_id": f"{scorer}{sparsity}{seed}", "model": "m", "task": "t", "adapter": "finetune",
+                     "scorer": scorer, "pruner": "heads", "sparsity": sparsity, "seed": seed, "metric": "accuracy",
+                     "score": base - sparsity / 10 + 0.02 * seed, "speedup": 1 + sparsity, "status": "ok"})
+    rows.append({**rows[-1], "run_id": "broken", "seed": 9, "status": "error", "score": None})
+    leaderboard.append(out / "leaderboard.csv", rows)
+    return pd.DataFrame(rows)
+
+
+def test_aggregate_over_seeds(tmp_path):
+    fake_grid(tmp_path)
+    table = leaderboard.aggregate(leaderboard.read(tmp_path / "leaderboard.csv"))
+    good = table[(table["scorer"] == "good") & (table["sparsity"] == 0.5)].iloc[0]
+    assert good["seeds"] == 3 and abs(good["score_mean"] - (0.85 - 0.05 + 0.02)) < 1e-9
+    assert abs(good["score_sd"] - 0.02) < 1e-9  # sample sd of (0, .02, .04)
+    assert abs(good["dense_mean"] - 0.9) < 1e-9 and abs(good["dense_sd"] - 0.01) < 1e-9
+    assert len(table) == 1 + 2 * 3  # the error row counts nowhere
+
+
+def test_report_writes_markdown_html_and_plots(tmp_path, capsys):
+    fake_grid(tmp_path)
+    assert main(["report", str(tmp_path)]) == 0
+    folder = tmp_path / "report"
+    pngs = sorted(folder.glob("*.png"))
+    assert [p.name for p in pngs] == ["m-t-finetune-sparsity.png", "m-t-finetune-speedup.png"]
+    assert all(p.read_bytes().startswith(PNG) and p.stat().st_size > 10_000 for p in pngs)
+    md = (folder / "report.md").read_text()
+    assert "![m-t-finetune-sparsity](m-t-finetune-sparsity.png)" in md and "| good | heads | 0.5 |" in md
+    page = (folder / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<table" in page  # self-contained
+    assert "2 plots" in capsys.readouterr().out
+
+
+def test_report_on_a_real_leaderboard(tmp_path):
+    source = REPO / "leaderboards" / "minilm-sst2-heads.csv"
+    (tmp_path / "leaderboard.csv").write_text(source.read_text())
+    assert main(["report", str(tmp_path), "--to", str(tmp_path / "r")]) == 0
+    assert len(list((tmp_path / "r").glob("*.png"))) == 2
+
+
+def test_report_without_a_leaderboard_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
