@@ -170,6 +170,41 @@ def _load_tasks(config: BenchConfig, registry: Registry, overrides: dict) -> lis
     return loaded
 
 
+def _check_head_budgets(
+    config: BenchConfig, models: list[ModelSource], methods: list, sparsities: list[float], overrides: dict
+) -> None:
+    """Dry-run each head pruner on every model's head geometry, so an impossible (GQA) budget fails up front.
+
+    ``compute_mask`` is cheap and touches no weights; a ``UsageError`` it raises
+    (a budget the key/value groups cannot meet) stops the run before training.
+    Other failures belong to the cells and are reported there.
+    """
+    pruners = {pruner.name: pruner for _, pruner in methods if pruner.granularity == "head"}
+    if not pruners or not sparsities:
+        return
+    import torch
+    from transformers import AutoConfig
+
+    from harness.records import PruneRequest
+
+    for source in models:
+        try:
+            geometry = surgery.config_geometry(AutoConfig.from_pretrained(source.location))
+        except Exception:  # no head surgery for this architecture, or no config: the cells will say so
+            continue
+        scores = torch.zeros(geometry.num_layers, max(geometry.heads_per_layer))
+        for pruner in pruners.values():
+            for sparsity in sparsities:
+                request = PruneRequest(scores, sparsity, options_for(pruner, overrides), config.seeds[0],
+                                       geometry.kv_heads_per_layer)
+                try:
+                    pruner.compute_mask(request)
+                except UsageError as error:
+                    raise UsageError(f"{source.name}: {error}") from None
+                except Exception:
+                    pass
+
+
 def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict[str, Any]]) -> Plan:
     """Validate the whole grid up front (plugins, models, task data) so bad input costs nothing."""
     if not config.seeds:
@@ -192,6 +227,7 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
     tasks = _load_tasks(config, registry, overrides)
     models = resolve_all(config.models)
     sparsities = sorted({s for s in config.sparsities if s > 0})
+    _check_head_budgets(config, models, methods, sparsities, overrides)
     recovery = registry.get("adapter", config.recover) if config.recover else None
     if config.recover_steps < 1:
         raise UsageError("--recover-steps must be >= 1")

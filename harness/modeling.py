@@ -105,11 +105,14 @@ def forward_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
 
     total = 0
 
-    def count(module: torch.nn.Linear, args: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        total += 2 * int(module.weight.count_nonzero()) * (output.numel() // max(module.out_features, 1))
+    from transformers.pytorch_utils import Conv1D  # GPT-2's transposed linear layer
 
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    def count(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        width = getattr(module, "out_features", None) or module.nf
+        total += 2 * int(module.weight.count_nonzero()) * (output.numel() // max(width, 1))
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
     try:
         with torch.inference_mode():
             model(**inputs)

@@ -96,8 +96,32 @@ def load_classifier(
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
     )
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    _fit_tokenizer(model, tokenizer)
     return model, tokenizer
+
+
+def _fit_tokenizer(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make a decoder's tokenizer and config agree on padding, the way its classifier pools.
+
+    Decoder classifiers (LLaMA, Qwen2, Mistral, GPT-2) score the rightmost token that is
+    not ``config.pad_token_id``, so padding needs a token (eos when there is none) and the
+    config must name the id the tokenizer pads with. Right padding keeps positions 0..n-1
+    for real tokens (rotary and learned positions ignore the attention mask). Inputs the
+    model's forward does not take (``token_type_ids`` of a generic fast tokenizer) are
+    not produced, and no key/value cache is built, since a classifier never generates.
+    """
+    import inspect
+
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError("the tokenizer has no pad, eos or unk token to pad batches with")
+        tokenizer.pad_token = fallback
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    accepted = inspect.signature(model.forward).parameters
+    names = [n for n in tokenizer.model_input_names if n in accepted]
+    if "input_ids" in names:
+        tokenizer.model_input_names = names

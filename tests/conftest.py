@@ -58,6 +58,24 @@ def batch_for(model, batch_size: int = 3, tokens: int = 7, seed: int = 0) -> dic
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(batch_size) % 2}
 
 
+def keep_mask(lists, heads: int = 4) -> torch.Tensor:
+    mask = torch.zeros(len(lists), heads, dtype=torch.bool)
+    for layer, row in enumerate(lists):
+        mask[layer, row] = True
+    return mask
+
+
+def outputs(model, batch) -> torch.Tensor:
+    from harness import modeling
+
+    with torch.no_grad():
+        return modeling.logits(model, batch)
+
+
+def count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and on a loaded 2-core box spinning

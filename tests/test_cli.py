@@ -174,7 +174,7 @@ class Counting:
 
 def test_scores_are_computed_once_or_once_per_sparsity(tiny_model_dir, tmp_path: Path) -> None:
     counting = Counting()
-    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "once,per-budget",
+    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "once,per-budget", "--no-baselines",
             "--sparsities", "0.25,0.5,0.75", "--out", str(tmp_path / "out"), *FAST]
     assert main(argv, extra=[counting]) == 0
     assert sorted(counting.calls) == [("once", None), ("per-budget", 0.25), ("per-budget", 0.5), ("per-budget", 0.75)]

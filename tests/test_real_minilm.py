@@ -45,11 +45,14 @@ def test_bench_on_minilm_and_a_slice_of_sst2(tmp_path: Path) -> None:
         "bench", "--tasks", "sst2", "--data-dir", str(SHARED_DATA), "--sparsities", "0.5", "--seeds", "0",
         "--train-steps", "60", "--eval-limit", "300", "--calib-examples", "64",
         "--latency-batch", "8", "--latency-tokens", "64", "--out", str(out), "--no-progress",
-        "-o", "l0-gates.steps=40",
+        "-o", "l0-gates.steps=40", "--plugins", "head-gradient,l0-gates,heads,taylor-neuron,neurons",
     ])
     assert status == 0
     frame = pd.read_csv(out / "leaderboard.csv").set_index("scorer")
-    assert set(frame.index) == {"none", "head-gradient", "l0-gates", "random"}
+    assert set(frame.index) == {"none", "head-gradient", "l0-gates", "random", "taylor-neuron", "random-neuron"}
+    neurons = frame.loc["taylor-neuron"]
+    assert neurons["achieved_sparsity"] == 0.5 and neurons["params"] < frame.loc["none", "params"]
+    assert neurons["score"] > frame.loc["random-neuron", "score"] - 0.05
     assert frame.loc["l0-gates", "heads_kept"] == 36, "the L0 gates fill the head budget exactly"
     dense = frame.loc["none"]
     assert dense["score"] > 0.70, "60 steps of fine-tuning learn SST-2 well above chance"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, batch_for, tiny_config
+from conftest import ARCHITECTURES, batch_for, count, keep_mask, outputs, tiny_config
 
 from harness import modeling, surgery
 
@@ -25,22 +25,6 @@ def tiny_model(arch: str, seed: int = 0, attn: str = "sdpa"):
     torch.manual_seed(seed)
     config = tiny_config(arch, attn, initializer_range=0.2)
     return AutoModelForSequenceClassification.from_config(config).eval()
-
-
-def keep_mask(lists, heads: int = 4) -> torch.Tensor:
-    mask = torch.zeros(len(lists), heads, dtype=torch.bool)
-    for layer, row in enumerate(lists):
-        mask[layer, row] = True
-    return mask
-
-
-def outputs(model, batch) -> torch.Tensor:
-    with torch.no_grad():
-        return modeling.logits(model, batch)
-
-
-def count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 arch_backend = pytest.mark.parametrize(

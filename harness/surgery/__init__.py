@@ -9,11 +9,13 @@ touches weights.
 from harness.surgery.common import get as _get
 from harness.surgery.heads import (
     KEPT_HEADS_KEY,
+    KEPT_KV_HEADS_KEY,
     LAYOUTS,
     AttentionLayout,
     HeadGates,
     HeadGeometry,
     _layers,
+    config_geometry,
     head_geometry,
     layout_of,
     mask_heads,
@@ -42,6 +44,8 @@ from harness.surgery.weights import (
 )
 
 __all__ = [
+    "KEPT_KV_HEADS_KEY",
+    "config_geometry",
     "FFN_LAYOUTS",
     "GROUPS",
     "KEPT_NEURONS_KEY",

@@ -15,17 +15,38 @@ def get(root: object, path: str) -> object:
     return root
 
 
-def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
-    """Keep ``index`` along ``dim`` of the weight (0: output rows, 1: input columns), in place."""
+def _is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's ``Conv1D`` stores its weight as ``[in, out]`` (transposed from ``nn.Linear``)."""
+    return hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def slice_projection(module: nn.Module, index: torch.Tensor, side: str) -> None:
+    """Keep ``index`` of a projection's outputs (``side="out"``) or inputs (``"in"``), in place.
+
+    Works for ``nn.Linear`` and GPT-2's ``Conv1D`` alike, so layout code names a side,
+    never a weight dimension.
+    """
     import torch
 
-    requires_grad = linear.weight.requires_grad
-    weight = linear.weight.detach().index_select(dim, index).clone()
-    linear.weight = torch.nn.Parameter(weight, requires_grad=requires_grad)
-    if dim == 0:
-        if linear.bias is not None:
-            bias = linear.bias.detach().index_select(0, index).clone()
-            linear.bias = torch.nn.Parameter(bias, requires_grad=requires_grad)
-        linear.out_features = weight.shape[0]
-    else:
-        linear.in_features = weight.shape[1]
+    if side not in ("out", "in"):
+        raise ValueError(f"side must be 'out' or 'in', not {side!r}")
+    conv = _is_conv1d(module)
+    dim = int((side == "out") == conv)  # Linear: out rows are dim 0; Conv1D: out columns are dim 1
+    requires_grad = module.weight.requires_grad
+    weight = module.weight.detach().index_select(dim, index).clone()
+    module.weight = torch.nn.Parameter(weight, requires_grad=requires_grad)
+    if side == "out" and module.bias is not None:
+        bias = module.bias.detach().index_select(0, index).clone()
+        module.bias = torch.nn.Parameter(bias, requires_grad=requires_grad)
+    attr = ("nf" if side == "out" else "nx") if conv else ("out_features" if side == "out" else "in_features")
+    setattr(module, attr, weight.shape[dim])
+
+
+def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
+    """Keep ``index`` along ``dim`` of the weight (0: output rows, 1: input columns), in place."""
+    slice_projection(linear, index, "out" if dim == 0 else "in")
+
+
+def out_width(module: nn.Module) -> int:
+    """Output features of an ``nn.Linear`` or a ``Conv1D``."""
+    return int(module.nf) if _is_conv1d(module) else int(module.out_features)

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.surgery.heads import KEPT_HEADS_KEY, remove_heads
+from harness.surgery.heads import KEPT_HEADS_KEY, KEPT_KV_HEADS_KEY, LAYOUTS, remove_heads
+from harness.surgery.neurons import KEPT_NEURONS_KEY, remove_neurons
 
 if TYPE_CHECKING:
     import torch
@@ -19,11 +20,21 @@ def save_pruned(model: nn.Module, directory: str | Path, base_model: str | None 
     model.save_pretrained(directory)
     kept = getattr(model.config, KEPT_HEADS_KEY, None)
     if kept is not None:
-        total = getattr(model.config, "num_attention_heads", None) or model.config.n_heads
-        mask = [[h in set(row) for h in range(total)] for row in kept]
-        record = {"base_model": base_model, "kept_heads": kept, "head_mask": mask}
-        (directory / "head_mask.json").write_text(json.dumps(record, indent=1))
+        (directory / "head_mask.json").write_text(json.dumps(_head_record(model.config, kept, base_model), indent=1))
     return directory
+
+
+def _head_record(config: object, kept: list[list[int]], base_model: str | None) -> dict:
+    """Kept heads as original indices and as a dense mask; key/value heads too when attention is grouped."""
+    layout = LAYOUTS[config.model_type]  # type: ignore[attr-defined]
+    total = int(getattr(config, layout.config_heads))
+    record = {"base_model": base_model, "kept_heads": kept, "head_mask": [[h in row for h in range(total)] for row in kept]}
+    kept_kv = getattr(config, KEPT_KV_HEADS_KEY, None)
+    if kept_kv is not None and layout.config_kv_heads:
+        kv_total = int(getattr(config, layout.config_kv_heads) or total)
+        record["kept_kv_heads"] = kept_kv
+        record["kv_head_mask"] = [[h in row for h in range(kv_total)] for row in kept_kv]
+    return record
 
 
 def _read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
@@ -48,9 +59,19 @@ def load_pruned(directory: str | Path, auto_class: type | None = None) -> nn.Mod
     kept = getattr(config, KEPT_HEADS_KEY, None)
     if kept is not None:
         delattr(config, KEPT_HEADS_KEY)
+    kept_kv = getattr(config, KEPT_KV_HEADS_KEY, None)
+    if kept_kv is not None:
+        delattr(config, KEPT_KV_HEADS_KEY)
+    neurons = getattr(config, KEPT_NEURONS_KEY, None)
+    if neurons is not None:
+        delattr(config, KEPT_NEURONS_KEY)
     model = (auto_class or AutoModelForSequenceClassification).from_config(config)
+    if neurons is not None:
+        remove_neurons(model, neurons)
     if kept is not None:
-        remove_heads(model, kept)
+        remove_heads(model, kept)  # key/value heads follow from the query heads kept
+        if kept_kv is not None and getattr(model.config, KEPT_KV_HEADS_KEY, None) != kept_kv:
+            raise ValueError(f"{directory}: kept key/value heads {kept_kv} do not follow from kept heads {kept}")
     missing, unexpected = model.load_state_dict(_read_state_dict(directory), strict=False)
     tied = set(getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or ())
     missing = [k for k in missing if k not in tied]

