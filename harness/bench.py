@@ -29,6 +29,8 @@ SUPPORTED_GRANULARITIES = ("head", "weight", "neuron")
 DEFAULT_TASK = "synthetic"
 DEFAULT_MODEL = "minilm"
 DEFAULT_ADAPTER = "finetune"
+# One method of each granularity against its random baseline (added automatically): a grid that runs in minutes.
+DEFAULT_PLUGINS = ("head-gradient", "l0-gates", "heads", "taylor-neuron", "neurons", "magnitude", "global-unstructured")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class BenchConfig:
 
     models: tuple[str, ...] = (DEFAULT_MODEL,)
     tasks: tuple[str, ...] = (DEFAULT_TASK,)
-    plugins: tuple[str, ...] = ()  # empty: every scorer and pruner, adapter finetune; ("all",): every plugin
+    plugins: tuple[str, ...] = DEFAULT_PLUGINS  # ("all",): every installed plugin
     sparsities: tuple[float, ...] = (0.25, 0.5, 0.75)
     seeds: tuple[int, ...] = (0,)
     out: Path = Path("runs/latest")

@@ -37,12 +37,13 @@ def _typed(values: Sequence[str], kind: Callable[[str], T], what: str) -> tuple[
 
 
 def _bench_arguments(bench: argparse.ArgumentParser) -> None:
-    from harness.bench import BenchConfig
+    from harness.bench import DEFAULT_ADAPTER, BenchConfig
 
     d = BenchConfig()  # one place for the defaults
     add = bench.add_argument
     add("--plugins", nargs="+", default=list(d.plugins),
-        help="scorer/pruner/adapter names, or 'all' (default: every scorer and pruner, adapter finetune)")
+        help="scorer/pruner/adapter names, or 'all' (every installed plugin); default: "
+        f"{','.join(d.plugins)} with their random baselines, adapter {DEFAULT_ADAPTER}")
     add("--models", nargs="+", default=list(d.models), help="'minilm', a local model folder or a hub id")
     add("--tasks", nargs="+", default=list(d.tasks), help="task names (see 'harness list') or task files (.yaml/.json)")
     add("--sparsities", nargs="+", default=[",".join(map(str, d.sparsities))], help="fractions of units to remove, in [0, 1)")

@@ -300,7 +300,8 @@ def test_bench_weight_and_neuron_rows_report_measured_sparsity(tiny_model_dir, t
     assert (frame["status"] == "ok").all()
     methods = set(zip(frame["scorer"], frame["pruner"]))
     assert ("none", "random-unstructured") in methods and ("magnitude", "neurons") not in methods
-    assert len(frame) == 1 + 2 * (2 * 2 + 1 + 2)  # dense + sparsities × (weight pairs + random + neuron pairs)
+    assert len(frame) == 1 + 2 * (3 * 2 + 1 + 2)  # dense + sparsities × ((magnitude, taylor, random-weight baseline)
+    # × 2 weight pruners + random-unstructured + neuron pairs)
     weights = frame[frame["granularity"] == "weight"]
     assert set(weights["targets"]) == {"attention,ffn_in"}
     assert (abs(weights["achieved_sparsity"] - weights["sparsity"]) <= 0.005).all()
