@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import html
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from harness import leaderboard
 from harness.errors import UsageError
@@ -35,60 +36,61 @@ def _slug(*parts: str) -> str:
     return "-".join("".join(c if c.isalnum() else "_" for c in str(p)) for p in parts)
 
 
-def plot_sparsity(group: Any, path: Path, title: str) -> None:
-    """Metric vs sparsity with error bars over seeds; dense as a horizontal line with its band."""
+@contextmanager
+def _figure(group: Any, path: Path, title: str, xlabel: str) -> Iterator[Any]:
+    """An Agg figure for one (model, task, adapter): yields the axes, then labels, saves and closes it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(str(group["metric"].iloc[0]))
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def _split(group: Any) -> tuple[Any, Any]:
+    """The dense row and the pruned rows, the latter with a ``method`` column."""
     dense = group[(group["scorer"] == "none") & (group["pruner"] == "none")]
     pruned = group.drop(dense.index)
-    for method, rows in pruned.assign(method=_method(pruned)).groupby("method", sort=True):
-        rows = rows.sort_values("sparsity")
-        ax.errorbar(rows["sparsity"], rows["score_mean"], yerr=rows["score_sd"].fillna(0), marker="o",
-                    capsize=3, label=method)
-    if not dense.empty:
-        mean, sd = float(dense["score_mean"].iloc[0]), float(dense["score_sd"].fillna(0).iloc[0])
-        ax.axhline(mean, color="black", linestyle="--", label="dense")
-        ax.axhspan(mean - sd, mean + sd, color="black", alpha=0.08)
-    ax.set_xlabel("sparsity (fraction removed)")
-    ax.set_ylabel(str(group["metric"].iloc[0]))
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return dense, pruned.assign(method=_method(pruned))
+
+
+def plot_sparsity(group: Any, path: Path, title: str) -> None:
+    """Metric vs sparsity with error bars over seeds; dense as a horizontal line with its band."""
+    dense, pruned = _split(group)
+    with _figure(group, path, title, "sparsity (fraction removed)") as ax:
+        for method, rows in pruned.groupby("method", sort=True):
+            rows = rows.sort_values("sparsity")
+            ax.errorbar(rows["sparsity"], rows["score_mean"], yerr=rows["score_sd"].fillna(0), marker="o",
+                        capsize=3, label=method)
+        if not dense.empty:
+            mean, sd = float(dense["score_mean"].iloc[0]), float(dense["score_sd"].fillna(0).iloc[0])
+            ax.axhline(mean, color="black", linestyle="--", label="dense")
+            ax.axhspan(mean - sd, mean + sd, color="black", alpha=0.08)
 
 
 def plot_speedup(group: Any, path: Path, title: str) -> None:
     """Metric vs measured speedup, every (method, sparsity) a point: up and right is better."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    dense = group[(group["scorer"] == "none") & (group["pruner"] == "none")]
-    if not dense.empty:
-        ax.errorbar([1.0], dense["score_mean"], yerr=dense["score_sd"].fillna(0), marker="s", color="black",
-                    capsize=3, linestyle="none", label="dense")
-    pruned = group.drop(dense.index)
-    for method, rows in pruned.assign(method=_method(pruned)).groupby("method", sort=True):
-        rows = rows.sort_values("speedup_mean")
-        ax.errorbar(rows["speedup_mean"], rows["score_mean"], xerr=rows["speedup_sd"].fillna(0),
-                    yerr=rows["score_sd"].fillna(0), marker="o", capsize=3, label=method)
-    ax.axvline(1.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("measured speedup over dense (x)")
-    ax.set_ylabel(str(group["metric"].iloc[0]))
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    dense, pruned = _split(group)
+    with _figure(group, path, title, "measured speedup over dense (x)") as ax:
+        if not dense.empty:
+            ax.errorbar([1.0], dense["score_mean"], yerr=dense["score_sd"].fillna(0), marker="s", color="black",
+                        capsize=3, linestyle="none", label="dense")
+        for method, rows in pruned.groupby("method", sort=True):
+            rows = rows.sort_values("speedup_mean")
+            ax.errorbar(rows["speedup_mean"], rows["score_mean"], xerr=rows["speedup_sd"].fillna(0),
+                        yerr=rows["score_sd"].fillna(0), marker="o", capsize=3, label=method)
+        ax.axvline(1.0, color="grey", linewidth=0.8)
 
 
 def _markdown_table(frame: Any) -> str:

@@ -11,24 +11,12 @@ import pytest
 import torch
 from conftest import ARCHITECTURES, batch_for, tiny_model
 from harness_plugins import finetune, lora
+from test_head_plugins import token_seven_batches  # noqa: E402
 
 from harness import TrainRequest, conformance, modeling, surgery
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VARIANTS = tuple(lora.VARIANTS)
-
-
-def token_seven_batches(count: int, seed: int, size: int = 16, tokens: int = 10) -> list[dict[str, torch.Tensor]]:
-    """Label 1 exactly when token id 7 appears somewhere in the sequence: learnable by attention."""
-    generator = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(count):
-        ids = torch.randint(10, 60, (size, tokens), generator=generator)
-        labels = torch.arange(size) % 2
-        positions = torch.randint(1, tokens, (size,), generator=generator)
-        ids[labels.bool(), positions[labels.bool()]] = 7
-        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
-    return batches
 
 
 def train(model, variant: str = "lora", steps: int = 3, log=None, **options):

@@ -50,3 +50,30 @@ def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
 def out_width(module: nn.Module) -> int:
     """Output features of an ``nn.Linear`` or a ``Conv1D``."""
     return int(module.nf) if _is_conv1d(module) else int(module.out_features)
+
+
+class ProjectionGates:
+    """Base of the gate contexts: one forward pre-hook per layer on the projection whose input is gated.
+
+    Subclasses name those modules (``_modules``) and build each layer's hook (``_hook``).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._handles: list = []
+
+    def _modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _hook(self, index: int):
+        raise NotImplementedError
+
+    def __enter__(self):
+        for index, module in enumerate(self._modules()):
+            self._handles.append(module.register_forward_pre_hook(self._hook(index)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

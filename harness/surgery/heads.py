@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+from harness.surgery.common import ProjectionGates
 from harness.surgery.common import get as _get
 from harness.surgery.common import out_width as _out_width
 from harness.surgery.common import slice_projection as _slice
@@ -187,7 +188,7 @@ def config_geometry(config: object) -> HeadGeometry:
     return HeadGeometry(per_layer, dim, kv_per_layer if kv_per_layer != per_layer else ())
 
 
-class HeadGates:
+class HeadGates(ProjectionGates):
     """Multiplies the input of every output projection, head by head, by ``gate``.
 
     ``gate`` is ``[L, H]`` (one gate per head) or ``[B, L, H]`` (one per example,
@@ -197,10 +198,9 @@ class HeadGates:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        super().__init__(model)
         self.geometry = head_geometry(model)
         self.gate: torch.Tensor | Sequence[torch.Tensor] | None = None
-        self._handles: list = []
 
     def _layer_gate(self, index: int) -> torch.Tensor | None:
         if self.gate is None:
@@ -224,17 +224,9 @@ class HeadGates:
 
         return pre_hook
 
-    def __enter__(self) -> HeadGates:
+    def _modules(self) -> list[nn.Module]:
         layout = layout_of(self.model)
-        for index, layer in enumerate(_layers(self.model)):
-            out_proj = _get(layer, layout.o)
-            self._handles.append(out_proj.register_forward_pre_hook(self._hook(index)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        return [_get(layer, layout.o) for layer in _layers(self.model)]  # type: ignore[misc]
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from harness.surgery.common import get, slice_linear
+from harness.surgery.common import ProjectionGates, get, slice_linear
 from harness.surgery.heads import layout_of
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def ffn_module_names(model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
     ]
 
 
-class NeuronGates:
+class NeuronGates(ProjectionGates):
     """Multiplies the down projection's input, neuron by neuron, by ``gate``.
 
     ``gate`` is a sequence of per-layer tensors, each ``[I]`` (one gate per
@@ -81,9 +81,8 @@ class NeuronGates:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        super().__init__(model)
         self.gate: Sequence[torch.Tensor] | None = None
-        self._handles: list = []
 
     def _hook(self, index: int):
         def pre_hook(module: nn.Module, args: tuple) -> tuple | None:
@@ -98,16 +97,9 @@ class NeuronGates:
 
         return pre_hook
 
-    def __enter__(self) -> NeuronGates:
+    def _modules(self) -> list[nn.Module]:
         layout = ffn_layout_of(self.model)
-        for index, layer in enumerate(ffn_layers(self.model)):
-            self._handles.append(get(layer, layout.down).register_forward_pre_hook(self._hook(index)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        return [get(layer, layout.down) for layer in ffn_layers(self.model)]  # type: ignore[misc]
 
 
 @contextmanager
