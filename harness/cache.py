@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import atomic
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -51,19 +53,15 @@ def fingerprint_folder(location: str) -> str:
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 class Cache:
     """Fine-tuned models and scores by key; ``root=None`` disables it (every lookup misses)."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
         self.counts: Counter[str] = Counter()
+        if root is not None and root.is_dir():  # shared between machines maybe: only hour-old leftovers go
+            for folder in root.iterdir():
+                atomic.sweep(folder, min_age_s=3600)
 
     def _path(self, kind: str, key: str, suffix: str = "") -> Path:
         assert self.root is not None
@@ -92,7 +90,7 @@ class Cache:
 
         if self.root is not None:
             metadata = {"harness": json.dumps(meta)}
-            _atomic(self._path("models", key), lambda tmp: save_model(model, str(tmp), metadata=metadata))
+            atomic.write(self._path("models", key), lambda tmp: save_model(model, str(tmp), metadata=metadata))
 
     def load_tensors(self, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         from safetensors.torch import load_file
@@ -110,4 +108,4 @@ class Cache:
         if self.root is not None:
             plain = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
             metadata = {"harness": json.dumps(meta)}
-            _atomic(self._path(kind, key), lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+            atomic.write(self._path(kind, key), lambda tmp: save_file(plain, str(tmp), metadata=metadata))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import leaderboard
+from harness import atomic, leaderboard
 from harness.bench import Plan
 from harness.cache import Cache, default_root, fingerprint_folder
 from harness.runner import Row, Scored, Unit
@@ -147,6 +147,7 @@ def execute(plan: Plan, progress: bool = True) -> Any:
     from tqdm.auto import tqdm
 
     path = Path(plan.config.out) / "leaderboard.csv"
+    atomic.sweep(path.parent)  # what a killed earlier run left half-written
     done = finished(path)
     rows: list[Row] = []
 

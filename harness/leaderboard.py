@@ -8,10 +8,11 @@ or the new table, and two writers cannot interleave rows.
 from __future__ import annotations
 
 import fcntl
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
+
+from harness import atomic
 
 COLUMNS = (
     "run_id",
@@ -85,12 +86,8 @@ def append(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             frame = pd.concat([old[~old["run_id"].astype(str).isin(new["run_id"].astype(str))], new], ignore_index=True)
         else:
             frame = new
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="") as handle:
-            frame.to_csv(handle, index=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        atomic.sweep(path.parent)  # a writer killed mid-rename left its temporary; we hold the lock now
+        atomic.write(path, lambda temporary: frame.to_csv(temporary, index=False))
 
 
 def summary(frame: Any) -> str:
@@ -150,6 +147,4 @@ def aggregate(frame: Any) -> Any:
 def write_aggregate(frame: Any, path: Path) -> None:
     """The seed aggregate as CSV, replaced atomically."""
     table = aggregate(frame)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic.write(path, lambda temporary: table.to_csv(temporary, index=False))

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from harness import leaderboard
+from harness import atomic, leaderboard
 from harness.errors import UsageError
 
 TABLE_COLUMNS = ("scorer", "pruner", "sparsity", "achieved_sparsity", "score_mean", "score_sd", "seeds",
@@ -24,12 +23,6 @@ TABLE_COLUMNS = ("scorer", "pruner", "sparsity", "achieved_sparsity", "score_mea
 
 def _method(frame: Any) -> Any:
     return frame["scorer"].astype(str) + "/" + frame["pruner"].astype(str)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _slug(*parts: str) -> str:
@@ -140,6 +133,6 @@ def build(out: Path, folder: Path | None = None) -> Path:
             for p in plots
         )
         page += [f"<h2>{html.escape(title)}</h2>", images, frame.to_html(index=False, float_format="%.4g")]
-    _write(folder / "report.md", "\n".join(md))
-    _write(folder / "report.html", "\n".join(page))
+    atomic.write_text(folder / "report.md", "\n".join(md))
+    atomic.write_text(folder / "report.html", "\n".join(page))
     return folder

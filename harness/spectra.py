@@ -14,12 +14,11 @@ adapters also target with; modules missing from ``kinds`` are kind ``"other"``.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from harness import atomic
 from harness.surgery import GROUPS
 
 if TYPE_CHECKING:
@@ -130,17 +129,7 @@ def median_ranks(table: pd.DataFrame, column: str = "effective_rank_entropy", pr
 
 def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
     """Write atomically (temporary file in the same folder, then ``os.replace``): never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            table.to_csv(stream, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.write(Path(path), lambda temporary: table.to_csv(temporary, index=False))
 
 
 def plot(table: pd.DataFrame, path: str | Path, floor: float = 1e-6) -> Path:
@@ -161,11 +150,7 @@ def plot(table: pd.DataFrame, path: str | Path, floor: float = 1e-6) -> Path:
             _panel(axis, table[table["kind"] == kind], kind, floor)
         axes[0][0].set_ylabel("σ / σ_max")
         figure.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        figure.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, path)
+        path = atomic.write(Path(path), lambda temporary: figure.savefig(temporary, format="png", dpi=100))
     finally:
         plt.close(figure)
     return path
