@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,50 +66,26 @@ def read_text(path: Path | None, sentences: int) -> str:
 
 
 def blocks(tokenizer: Any, text: str, length: int) -> torch.Tensor:
-    """The text's token stream cut into full blocks of ``length`` tokens: no padding anywhere."""
-    import torch
+    """The text's token stream cut into full blocks of ``length`` tokens, as the harness's LM tasks do."""
+    from harness.feeds import token_blocks
+    from harness.records import Split
 
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    count = len(ids) // length
-    return torch.tensor(ids[: count * length]).view(count, length)
-
-
-def sequence_nll(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token negative log-likelihood of each sequence, shape ``[B]``."""
-    import torch.nn.functional as F
-
-    logits = model(input_ids=ids).logits[:, :-1]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-    return loss.view(ids.shape[0], -1).mean(1)
+    return token_blocks(tokenizer, Split((text,), ()), length)
 
 
-def perplexity(model: nn.Module, data: torch.Tensor, batch: int) -> float:
-    import torch
+def batches(data: torch.Tensor, size: int) -> list[dict[str, torch.Tensor]]:
+    from harness.feeds import block_batch
 
-    with torch.inference_mode():
-        losses = [sequence_nll(model, data[i : i + batch]) for i in range(0, len(data), batch)]
-    return math.exp(float(torch.cat(losses).mean()))
+    return [block_batch(data[i : i + size]) for i in range(0, len(data), size)]
 
 
 def head_gradient(model: nn.Module, data: torch.Tensor, batch: int) -> torch.Tensor:
-    """Michel et al. on the LM loss: E_x |dL(x)/d gate_h|, abs per example, L2-normalised per layer."""
-    import torch
+    """The built-in ``head-gradient`` scorer (Michel et al.) on the LM loss, per example, L2 per layer."""
+    from harness_plugins import head_gradient as plugin
 
-    from harness import surgery
+    from harness import ScoreRequest
 
-    heads = surgery.head_geometry(model).heads_per_layer
-    total = torch.zeros(len(heads), max(heads))
-    model.requires_grad_(False)  # only gate gradients: no weight gradients are built
-    with surgery.HeadGates(model) as gates:
-        for start in range(0, len(data), batch):
-            ids = data[start : start + batch]
-            layer_gates = [torch.ones(len(ids), n, requires_grad=True) for n in heads]
-            gates.gate = layer_gates
-            grads = torch.autograd.grad(sequence_nll(model, ids).sum(), layer_gates)
-            for index, grad in enumerate(grads):
-                total[index, : heads[index]] += grad.abs().sum(0)
-    importance = total / len(data)
-    return importance / importance.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return plugin.score(ScoreRequest(model, batches(data, batch), 0, dict(plugin.OPTIONS)))
 
 
 def prune(model: nn.Module, scores: torch.Tensor, scope: str) -> nn.Module:
@@ -158,6 +133,7 @@ def main() -> None:
     import torch
 
     from harness import modeling
+    from harness.feeds import perplexity
 
     args = parse()
     torch.manual_seed(args.seed)
@@ -180,7 +156,8 @@ def main() -> None:
     models = {"dense": model, **pruned}
     flops = {name: modeling.forward_flops(m, inputs) for name, m in models.items()}
     for (name, m), latency in zip(models.items(), latencies):
-        print(describe(name, m, perplexity(m, held_out, 8), latency, (latencies[0], flops["dense"]), flops[name]))
+        ppl = perplexity(m, batches(held_out, 8))
+        print(describe(name, m, ppl, latency, (latencies[0], flops["dense"]), flops[name]))
 
 
 if __name__ == "__main__":

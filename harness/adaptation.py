@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from harness import data as taskdata
 from harness import surgery
 from harness.plugins import options_for
 from harness.records import Pruner, TrainRequest
@@ -59,9 +58,7 @@ def recover(unit: Unit, model: nn.Module, pruner: Pruner, keep: Any) -> tuple[nn
 
     adapter, c = unit.plan.recovery, unit.plan.config
     assert adapter is not None
-    stream = taskdata.training_stream(
-        unit.tokenizer, unit.data.train, c.recover_steps, c.batch_size, unit.data.max_length, unit.seed + 1
-    )
+    stream = unit.feed.stream(c.recover_steps, c.batch_size, unit.seed + 1)
     options = options_for(adapter, unit.plan.overrides)
     request = TrainRequest(model, stream, c.recover_steps, c.learning_rate, unit.seed, options)
     start = time.perf_counter()

@@ -168,7 +168,10 @@ def _load_tasks(config: BenchConfig, registry: Registry, overrides: dict) -> lis
         else:
             task = registry.get("task", name)
         request = TaskRequest(config.data_dir, config.seeds[0], options_for(task, overrides))
-        loaded.append((task, task.load(request)))
+        try:
+            loaded.append((task, task.load(request)))
+        except ValueError as error:  # data a task cannot be built from: the user's input, not a bug
+            raise UsageError(f"task {task.name}: {error}") from None
     return loaded
 
 
@@ -207,6 +210,25 @@ def _check_head_budgets(
                     pass
 
 
+def _check_model_kinds(models: list[ModelSource], tasks: list[tuple[Task, TaskData]]) -> None:
+    """A causal-LM task needs decoders: say so before any work instead of scoring an encoder's LM head."""
+    lm_tasks = [task.name for task, data in tasks if data.kind == "causal-lm"]
+    if not lm_tasks:
+        return
+    from transformers import AutoConfig
+
+    from harness.models import is_causal_lm
+
+    for source in models:
+        try:
+            config = AutoConfig.from_pretrained(source.location)
+        except Exception:  # the cells will report what is wrong with it
+            continue
+        if not is_causal_lm(config):
+            raise UsageError(f"task {lm_tasks[0]} is language modelling (perplexity), but model {source.name} "
+                             f"({config.model_type}) is not a causal LM; give a decoder such as GPT-2 or LLaMA")
+
+
 def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict[str, Any]]) -> Plan:
     """Validate the whole grid up front (plugins, models, task data) so bad input costs nothing."""
     if not config.seeds:
@@ -228,6 +250,7 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
         methods = _with_baselines(methods, registry)
     tasks = _load_tasks(config, registry, overrides)
     models = resolve_all(config.models)
+    _check_model_kinds(models, tasks)
     sparsities = sorted({s for s in config.sparsities if s > 0})
     _check_head_budgets(config, models, methods, sparsities, overrides)
     recovery = registry.get("adapter", config.recover) if config.recover else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Sized
 
 from harness.errors import UsageError
 from harness.records import METRICS, Batch, Split, Task, TaskData, TaskRequest
@@ -106,12 +106,13 @@ def _stratified(split: Split, fraction: float, seed: int) -> tuple[Split, Split]
     from sklearn.model_selection import train_test_split
 
     train_idx, val_idx = train_test_split(
-        list(range(len(split))), test_size=fraction, random_state=seed, stratify=list(split.labels)
+        list(range(len(split))), test_size=fraction, random_state=seed, stratify=list(split.labels) or None
     )
 
     def take(idx: list[int]) -> Split:
         text_b = tuple(split.text_b[i] for i in idx) if split.text_b is not None else None
-        return Split(tuple(split.text_a[i] for i in idx), tuple(split.labels[i] for i in idx), text_b)
+        labels = tuple(split.labels[i] for i in idx) if split.labels else ()
+        return Split(tuple(split.text_a[i] for i in idx), labels, text_b)
 
     return take(train_idx), take(val_idx)
 
@@ -142,7 +143,14 @@ def _task_file_spec(path: Path) -> Mapping[str, Any]:
         raise UsageError(f"{path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
     if not isinstance(spec, dict):
         raise UsageError(f"{path}: a task file holds a mapping of fields")
-    required = ("train", "text_columns", "label_column", "label_names")
+    if spec.get("kind", "classification") not in ("classification", "causal-lm"):
+        raise UsageError(f"{path}: kind must be classification or causal-lm")
+    if spec.get("kind") == "causal-lm":
+        spec.setdefault("metric", "perplexity")
+        spec.setdefault("text_columns", ["text"])
+        required: tuple[str, ...] = ("train",)
+    else:
+        required = ("train", "text_columns", "label_column", "label_names")
     missing = [k for k in required if k not in spec]
     if missing:
         raise UsageError(f"{path}: missing field(s) {', '.join(missing)}")
@@ -150,6 +158,8 @@ def _task_file_spec(path: Path) -> Mapping[str, Any]:
         raise UsageError(f"{path}: give either validation (a file) or validation_fraction")
     if spec.get("metric", "accuracy") not in METRICS:
         raise UsageError(f"{path}: metric must be one of {', '.join(METRICS)}")
+    if (spec.get("kind") == "causal-lm") != (spec.get("metric") == "perplexity"):
+        raise UsageError(f"{path}: perplexity is the metric of causal-lm tasks, and theirs only")
     columns = spec["text_columns"]
     if isinstance(columns, str):
         spec["text_columns"] = [columns]
@@ -158,13 +168,38 @@ def _task_file_spec(path: Path) -> Mapping[str, Any]:
     return spec
 
 
+def read_texts(path: Path, column: str = "text", column_names: Sequence[str] | None = None) -> Split:
+    """Unlabelled texts for language modelling: paragraphs of a plain-text file, or one column of a table.
+
+    A ``.txt``/``.md`` file is split at blank lines (a file without any splits at lines).
+    """
+    if not path.is_file():
+        raise UsageError(f"text file not found: {path}")
+    if path.suffix.lower() in _FORMATS:
+        rows = read_rows(path, column_names)
+        if column not in rows.column_names:
+            raise UsageError(f"{path}: no column {column!r} (columns: {', '.join(rows.column_names)})")
+        texts = [str(t) for t in rows[column] if t is not None and str(t).strip()]
+    else:
+        raw = path.read_text(encoding="utf-8")
+        pieces = raw.split("\n\n") if "\n\n" in raw.strip() else raw.splitlines()
+        texts = [p.strip() for p in pieces if p.strip()]
+    if not texts:
+        raise UsageError(f"{path}: no text in it")
+    return Split(tuple(texts), ())
+
+
 def load_task_file(path: Path) -> Task:
-    """A generic classification task described by a YAML/JSON file (paths relative to it)."""
+    """A classification or causal-LM task described by a YAML/JSON file (paths relative to it)."""
     spec = _task_file_spec(path)
     base = path.parent
 
+    language = spec.get("kind") == "causal-lm"
+
     def read(name: str) -> Split:
         file = (base / spec[name]).resolve()
+        if language:
+            return read_texts(file, spec["text_columns"][0], spec.get("column_names"))
         rows = read_rows(file, spec.get("column_names"))
         return to_split(rows, spec["text_columns"], spec["label_column"], [str(n) for n in spec["label_names"]], str(file))
 
@@ -174,8 +209,10 @@ def load_task_file(path: Path) -> Task:
             validation = read("validation")
         else:
             train, validation = _stratified(train, float(spec["validation_fraction"]), int(spec.get("split_seed", 0)))
-        names = tuple(str(n) for n in spec["label_names"])
-        return TaskData(train, validation, names, spec.get("metric", "accuracy"), int(spec.get("max_length", 128)))
+        names = tuple(str(n) for n in spec.get("label_names", ()))
+        steps = int(spec["train_steps"]) if "train_steps" in spec else None
+        return TaskData(train, validation, names, spec.get("metric", "accuracy"), int(spec.get("max_length", 128)),
+                        steps, "causal-lm" if language else "classification")
 
     return Task(name=str(spec.get("name", path.stem)), load=load, description=f"task file {path}")
 
@@ -204,18 +241,25 @@ def training_stream(
     tokenizer: PreTrainedTokenizerBase, split: Split, steps: int, batch_size: int, max_length: int, seed: int
 ) -> Iterator[Batch]:
     """Exactly ``steps`` shuffled batches, reshuffling each epoch with a seeded generator."""
+    for chunk in shuffled_chunks(len(split), steps, batch_size, seed):
+        yield tokenize(tokenizer, split, chunk, max_length)
+
+
+def shuffled_chunks(size: int, steps: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """``steps`` lists of ``batch_size`` indices below ``size``: seeded epochs, reshuffled each time."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     order: list[int] = []
     for _ in range(steps):
         while len(order) < batch_size:
-            order.extend(rng.permutation(len(split)).tolist())
+            order.extend(rng.permutation(size).tolist())
         chunk, order = order[:batch_size], order[batch_size:]
-        yield tokenize(tokenizer, split, chunk, max_length)
+        yield chunk
 
 
-def calibration_indices(split: Split, count: int, seed: int) -> list[int]:
+def calibration_indices(split: Sized, count: int, seed: int) -> list[int]:
+    """A seeded, sorted sample of ``count`` indices of ``split`` (anything with a length)."""
     import numpy as np
 
     rng = np.random.default_rng(seed + 10_000)

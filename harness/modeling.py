@@ -29,10 +29,32 @@ def logits(model: nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def per_example_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Cross-entropy of each example (shape ``[B]``), so per-example gradients stay separable."""
+    """Cross-entropy of each example (shape ``[B]``), so per-example gradients stay separable.
+
+    Classification: the loss of the example's label. Causal LM (labels ``[B, T]``):
+    the mean next-token loss over the example's tokens.
+    """
     import torch.nn.functional as F
 
+    if batch["labels"].dim() == 2:
+        losses, tokens = token_losses(model, batch)
+        return losses / tokens.clamp(min=1)
     return F.cross_entropy(logits(model, batch), batch["labels"], reduction="none")
+
+
+def token_losses(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy per example and the number of tokens it covers (both ``[B]``).
+
+    Position t predicts label t+1; labels of -100 and padding are not counted.
+    """
+    import torch.nn.functional as F
+
+    scores = logits(model, batch)[:, :-1].float()
+    target = batch["labels"][:, 1:].clone()
+    if "attention_mask" in batch:
+        target[batch["attention_mask"][:, 1:] == 0] = -100
+    flat = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), target.reshape(-1), reduction="none", ignore_index=-100)
+    return flat.view(target.shape).sum(1), (target != -100).sum(1)
 
 
 def predict(model: nn.Module, batches: Iterable[Batch]) -> list[int]:

@@ -11,7 +11,9 @@ from harness.errors import UsageError
 
 if TYPE_CHECKING:
     from torch import nn
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+    from harness.records import TaskData
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -98,6 +100,40 @@ def load_classifier(
     )
     _fit_tokenizer(model, tokenizer)
     return model, tokenizer
+
+
+def load_causal_lm(source: ModelSource, seed: int) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A causal language model in fp32 (its own head, nothing new to seed but dropout) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet()
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(source.location)
+    model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch.float32)
+    _fit_tokenizer(model, tokenizer)
+    return model, tokenizer
+
+
+def load_for_task(source: ModelSource, data: TaskData, seed: int) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The model head the task's kind needs: a new classifier, or the model's own language-model head."""
+    if data.kind == "causal-lm":
+        return load_causal_lm(source, seed)
+    return load_classifier(source, data.label_names, seed)
+
+
+# encoders that transformers can load as causal LMs only with ``is_decoder=True`` (then they are decoders)
+_ENCODERS = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "data2vec-text"})
+
+
+def is_causal_lm(config: PretrainedConfig) -> bool:
+    """Whether the model is a language model that predicts the next token (a decoder), not an encoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", "")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return False
+    return model_type not in _ENCODERS or bool(getattr(config, "is_decoder", False))
 
 
 def _fit_tokenizer(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:

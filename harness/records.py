@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 Granularity = Literal["head", "weight", "neuron"]
 Batch = Mapping[str, "torch.Tensor"]
-METRICS = ("accuracy", "f1", "mcc")
+METRICS = ("accuracy", "f1", "mcc", "perplexity")
+LOWER_IS_BETTER = frozenset({"perplexity"})
+TaskKind = Literal["classification", "causal-lm"]
 
 
 def _no_log(name: str, value: float, step: int) -> None:
@@ -27,25 +29,30 @@ def _no_log(name: str, value: float, step: int) -> None:
 
 @dataclass(frozen=True)
 class Split:
-    """One split of a classification task: one or two text columns and integer labels."""
+    """One split of a task: one or two text columns and integer labels (none for language modelling)."""
 
     text_a: tuple[str, ...]
     labels: tuple[int, ...]
     text_b: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if len(self.text_a) != len(self.labels):
+        if self.labels and len(self.text_a) != len(self.labels):
             raise ValueError("text_a and labels differ in length")
-        if self.text_b is not None and len(self.text_b) != len(self.labels):
-            raise ValueError("text_b and labels differ in length")
+        if self.text_b is not None and len(self.text_b) != len(self.text_a):
+            raise ValueError("text_b and text_a differ in length")
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.text_a)
 
 
 @dataclass(frozen=True)
 class TaskData:
-    """What a task hands the harness: data, label names and its primary metric."""
+    """What a task hands the harness: data, label names and its primary metric.
+
+    ``kind="causal-lm"``: the splits hold unlabelled texts, the model is a causal
+    language model, ``max_length`` is the block length in tokens and the metric is
+    perplexity (lower is better).
+    """
 
     train: Split
     validation: Split
@@ -53,12 +60,20 @@ class TaskData:
     metric: str = "accuracy"
     max_length: int = 128
     train_steps: int | None = None  # the task's default fine-tuning budget; --train-steps overrides
+    kind: TaskKind = "classification"
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
-        if len(self.label_names) < 2:
-            raise ValueError("a task needs at least two labels")
+        if self.kind == "causal-lm":
+            if self.metric != "perplexity":
+                raise ValueError("a causal-lm task is scored by perplexity")
+        elif self.kind != "classification":
+            raise ValueError(f"kind must be classification or causal-lm, not {self.kind!r}")
+        elif self.metric == "perplexity" or len(self.label_names) < 2:
+            raise ValueError("a classification task needs at least two labels and a classification metric")
+        if not len(self.train) or not len(self.validation):
+            raise ValueError("both splits need at least one example")
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,25 @@ from typing import Any, Iterator
 
 from harness import atomic, leaderboard
 from harness.errors import UsageError
+from harness.records import LOWER_IS_BETTER
 
-TABLE_COLUMNS = ("scorer", "pruner", "sparsity", "achieved_sparsity", "score_mean", "score_sd", "seeds",
+TABLE_COLUMNS = ("scorer", "pruner", "options", "recovery", "sparsity", "achieved_sparsity", "score_mean", "score_sd", "seeds",
                  "speedup_mean", "params", "gflops")
 
 
 def _method(frame: Any) -> Any:
-    return frame["scorer"].astype(str) + "/" + frame["pruner"].astype(str)
+    """One curve per scorer/pruner, its changed options, and whether the row is after recovery."""
+    label = frame["scorer"].astype(str) + "/" + frame["pruner"].astype(str)
+    for column, prefix in (("options", " "), ("recovery", " + recovery ")):
+        if column in frame:
+            value = frame[column].fillna("").astype(str)
+            label = label.where(value == "", label + prefix + value)
+    return label
+
+
+def _axis_label(group: Any) -> str:
+    metric = str(group["metric"].iloc[0])
+    return f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric
 
 
 def _slug(*parts: str) -> str:
@@ -41,7 +53,7 @@ def _figure(group: Any, path: Path, title: str, xlabel: str) -> Iterator[Any]:
     try:
         yield ax
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(str(group["metric"].iloc[0]))
+        ax.set_ylabel(_axis_label(group))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
@@ -73,7 +85,7 @@ def plot_sparsity(group: Any, path: Path, title: str) -> None:
 
 
 def plot_speedup(group: Any, path: Path, title: str) -> None:
-    """Metric vs measured speedup, every (method, sparsity) a point: up and right is better."""
+    """Metric vs measured speedup, every (method, sparsity) a point: right, and up (down for perplexity), is better."""
     dense, pruned = _split(group)
     with _figure(group, path, title, "measured speedup over dense (x)") as ax:
         if not dense.empty:

@@ -13,11 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from harness import adaptation, modeling, surgery
-from harness import data as taskdata
+from harness import adaptation, feeds, modeling, surgery
 from harness.bench import Plan
 from harness.cache import Cache, digest
-from harness.models import ModelSource, load_classifier
+from harness.models import ModelSource, load_for_task
 from harness.plugins import options_for, options_label
 from harness.records import Adapter, Pruner, PruneRequest, Scorer, ScoreRequest, Task, TaskData, TrainRequest
 from harness.tracking import Scalars, recording
@@ -57,8 +56,8 @@ class Unit:
     identity: dict  # fingerprints of the model files and the task data: part of every hash
     model: Any = None
     tokenizer: Any = None
+    feed: Any = None  # how the task's data reaches the model (classification examples or LM blocks)
     eval_batches: list = field(default_factory=list)
-    eval_labels: list = field(default_factory=list)
     calibration: list = field(default_factory=list)
     latency_input: dict = field(default_factory=dict)
     train_s: float = float("nan")
@@ -131,13 +130,12 @@ class Unit:
 
         A pruned model is timed in alternation with the dense one, in the same run.
         """
-        predictions = modeling.predict(model, self.eval_batches)
+        score = self.feed.quality(model, self.eval_batches)
         geometry = surgery.head_geometry(model)
         if model is self.model:
             latency = reference = modeling.measure_latency_ms(model, self.latency_input)
         else:
             reference, latency = modeling.compare_latency_ms([self.model, model], self.latency_input)
-        score = taskdata.metric_value(self.data.metric, self.eval_labels, predictions, len(self.data.label_names))
         log = self.scalars.logger(f"cell-{row['run_id']}")
         log(f"eval/{self.data.metric}", score, 0)
         log("eval/heads_kept", geometry.total_heads, 0)
@@ -163,13 +161,10 @@ class Unit:
     def prepare(self) -> None:
         """Load and fine-tune (or load the cached fine-tune of) the dense model: the reference of every cell."""
         c = self.plan.config
-        self.model, self.tokenizer = load_classifier(self.source, self.data.label_names, self.seed)
-        validation = self.data.validation
-        limit = range(min(len(validation), c.eval_limit)) if c.eval_limit else None
-        self.eval_batches = taskdata.batches(self.tokenizer, validation, 64, self.data.max_length, limit)
-        self.eval_labels = [int(label) for batch in self.eval_batches for label in batch["labels"]]
-        indices = taskdata.calibration_indices(self.data.train, c.calib_examples, self.seed)
-        self.calibration = taskdata.batches(self.tokenizer, self.data.train, c.batch_size, self.data.max_length, indices)
+        self.model, self.tokenizer = load_for_task(self.source, self.data, self.seed)
+        self.feed = feeds.feed_for(self.data, self.tokenizer)
+        self.eval_batches = self.feed.evaluation(c.eval_limit)
+        self.calibration = self.feed.calibration(c.calib_examples, c.batch_size, self.seed)
         meta = self.cache.load_model(self.unit_key(), self.model)
         if meta is None:
             meta, updates = self._train()
@@ -192,9 +187,7 @@ class Unit:
 
     def _train(self) -> tuple[dict[str, Any], dict[str, Any]]:
         c = self.plan.config
-        stream = taskdata.training_stream(
-            self.tokenizer, self.data.train, self.train_steps, c.batch_size, self.data.max_length, self.seed
-        )
+        stream = self.feed.stream(self.train_steps, c.batch_size, self.seed)
         options = options_for(self.adapter, self.plan.overrides)
         log = self.scalars.logger(f"{self.adapter.name}-{self.row(None, None, 0.0)['run_id']}")
         request = TrainRequest(self.model, stream, self.train_steps, c.learning_rate, self.seed, options, log)
@@ -212,7 +205,7 @@ class Unit:
 
     def train_batches(self, steps: int) -> Any:
         c = self.plan.config
-        return taskdata.training_stream(self.tokenizer, self.data.train, steps, c.batch_size, self.data.max_length, self.seed)
+        return self.feed.stream(steps, c.batch_size, self.seed)
 
     def scores(self, scorer: Scorer | None, sparsity: float | None) -> Scored:
         """A scorer's output on a copy of the dense model (once, or once per sparsity if it learns), cached.

@@ -48,7 +48,7 @@ def test_report_writes_markdown_html_and_plots(tmp_path, capsys):
     assert [p.name for p in pngs] == ["m-t-finetune-sparsity.png", "m-t-finetune-speedup.png"]
     assert all(p.read_bytes().startswith(PNG) and p.stat().st_size > 10_000 for p in pngs)
     md = (folder / "report.md").read_text()
-    assert "![m-t-finetune-sparsity](m-t-finetune-sparsity.png)" in md and "| good | heads | 0.5 |" in md
+    assert "![m-t-finetune-sparsity](m-t-finetune-sparsity.png)" in md and "| good | heads |  |  | 0.5 |" in md
     page = (folder / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table" in page  # self-contained
     assert "2 plots" in capsys.readouterr().out
@@ -65,3 +65,14 @@ def test_report_without_a_leaderboard_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_recovered_rows_and_options_get_their_own_curve_and_perplexity_reads_lower_is_better():
+    from harness.report import _axis_label, _method
+
+    frame = pd.DataFrame({"scorer": ["taylor", "taylor", "taylor"], "pruner": ["heads"] * 3,
+                          "options": ["", "", "heads.scope=global"], "recovery": ["", "lora", ""],
+                          "metric": ["perplexity"] * 3})
+    assert list(_method(frame)) == ["taylor/heads", "taylor/heads + recovery lora", "taylor/heads heads.scope=global"]
+    assert _axis_label(frame) == "perplexity (lower is better)"
+    assert _axis_label(frame.assign(metric="mcc")) == "mcc"

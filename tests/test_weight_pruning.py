@@ -25,8 +25,17 @@ def tiny_llama(seed: int = 0):
     return AutoModelForSequenceClassification.from_config(config).eval()
 
 
+def tiny_gpt2(seed: int = 0):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model("gpt2", vocab_size=160, n_embd=32, n_inner=48, n_layer=2, n_head=4, n_positions=64,
+                                  num_labels=2, pad_token_id=0)
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
 def model_for(arch: str):
-    return tiny_llama() if arch == "llama" else tiny_model(arch)
+    return {"llama": tiny_llama, "gpt2": tiny_gpt2}.get(arch, lambda: tiny_model(arch))()
 
 
 def outputs(model, batch) -> torch.Tensor:
@@ -44,7 +53,7 @@ def random_keep(widths: tuple[int, ...], fraction: float = 0.5, seed: int = 0) -
 # --------------------------------------------------------------------------- neuron surgery
 
 
-@pytest.mark.parametrize("arch", [*ARCHITECTURES, "llama"])
+@pytest.mark.parametrize("arch", [*ARCHITECTURES, "llama", "gpt2"])
 def test_removed_neurons_equal_masked_neurons(arch):
     model = model_for(arch)
     batch = batch_for(model)
@@ -62,7 +71,7 @@ def test_removed_neurons_equal_masked_neurons(arch):
     assert dense_params - modeling.count_params(pruned) == per_neuron * int((~keep).sum())
 
 
-@pytest.mark.parametrize("arch", ["bert", "distilbert", "llama"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "llama", "gpt2"])
 def test_removed_neurons_save_and_reload(arch, tmp_path):
     model = model_for(arch)
     batch = batch_for(model)
@@ -70,7 +79,7 @@ def test_removed_neurons_save_and_reload(arch, tmp_path):
     pruned = surgery.remove_neurons(pruned, [list(range(w - 1)) for w in surgery.ffn_widths(pruned)])  # twice
     surgery.save_pruned(pruned, tmp_path / "m")
     auto = None
-    if arch == "llama":
+    if arch in ("llama", "gpt2"):
         from transformers import AutoModelForSequenceClassification as auto
     reloaded = surgery.load_pruned(tmp_path / "m", auto)
     assert surgery.ffn_widths(reloaded) == surgery.ffn_widths(pruned)
@@ -151,6 +160,16 @@ def test_magnitude_is_abs_weight_and_neuron_norm():
     layer = model.bert.encoder.layer[1]
     expected = (layer.intermediate.dense.weight.pow(2).sum(1) + layer.output.dense.weight.pow(2).sum(0)).sqrt()
     assert torch.allclose(neurons[1], expected, atol=1e-6)
+
+
+def test_neuron_scores_follow_gpt2_conv1d_orientation():
+    """GPT-2 stores weights [in, out]: a neuron is a column of c_fc and a row of c_proj."""
+    model = tiny_gpt2()
+    mlp = model.transformer.h[1].mlp
+    expected = (mlp.c_fc.weight.pow(2).sum(0) + mlp.c_proj.weight.pow(2).sum(1)).sqrt()
+    assert torch.allclose(magnitude.score_neurons(request(model))[1], expected, atol=1e-6)
+    gradient = gradient_scores.score_gradient_neuron(request(model))
+    assert gradient.shape == (2, 48) and (gradient >= 0).all()
 
 
 def manual_gradients(model, batches, names):

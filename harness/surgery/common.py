@@ -31,7 +31,7 @@ def slice_projection(module: nn.Module, index: torch.Tensor, side: str) -> None:
     if side not in ("out", "in"):
         raise ValueError(f"side must be 'out' or 'in', not {side!r}")
     conv = _is_conv1d(module)
-    dim = int((side == "out") == conv)  # Linear: out rows are dim 0; Conv1D: out columns are dim 1
+    dim = weight_axis(module, side)  # Linear: out rows are dim 0; Conv1D: out columns are dim 1
     requires_grad = module.weight.requires_grad
     weight = module.weight.detach().index_select(dim, index).clone()
     module.weight = torch.nn.Parameter(weight, requires_grad=requires_grad)
@@ -42,14 +42,19 @@ def slice_projection(module: nn.Module, index: torch.Tensor, side: str) -> None:
     setattr(module, attr, weight.shape[dim])
 
 
-def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> None:
-    """Keep ``index`` along ``dim`` of the weight (0: output rows, 1: input columns), in place."""
-    slice_projection(linear, index, "out" if dim == 0 else "in")
-
-
 def out_width(module: nn.Module) -> int:
     """Output features of an ``nn.Linear`` or a ``Conv1D``."""
     return int(module.nf) if _is_conv1d(module) else int(module.out_features)
+
+
+def in_width(module: nn.Module) -> int:
+    """Input features of an ``nn.Linear`` or a ``Conv1D``."""
+    return int(module.nx) if _is_conv1d(module) else int(module.in_features)
+
+
+def weight_axis(module: nn.Module, side: str) -> int:
+    """The weight dimension that indexes the projection's outputs (``"out"``) or inputs (``"in"``)."""
+    return int((side == "out") == _is_conv1d(module))
 
 
 class ProjectionGates:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from harness.surgery.common import ProjectionGates, get, slice_linear
+from harness.surgery.common import ProjectionGates, get, in_width, slice_projection, weight_axis
 from harness.surgery.heads import layout_of
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ FFN_LAYOUTS: dict[str, FfnLayout] = {
     "roberta": _BERT_FFN,
     "xlm-roberta": _BERT_FFN,
     "distilbert": FfnLayout(up=("ffn.lin1",), down="ffn.lin2"),
+    "gpt2": FfnLayout(up=("mlp.c_fc",), down="mlp.c_proj"),  # Conv1D: weights stored [in, out]
     "llama": _LLAMA_FFN,
     "qwen2": _LLAMA_FFN,
     "mistral": _LLAMA_FFN,
@@ -60,7 +61,7 @@ def ffn_layers(model: nn.Module) -> Sequence[nn.Module]:
 def ffn_widths(model: nn.Module) -> tuple[int, ...]:
     """Current number of neurons per layer (layers may differ after removal)."""
     layout = ffn_layout_of(model)
-    return tuple(int(get(layer, layout.down).in_features) for layer in ffn_layers(model))
+    return tuple(in_width(get(layer, layout.down)) for layer in ffn_layers(model))
 
 
 def ffn_module_names(model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
@@ -142,8 +143,8 @@ def remove_neurons(model: nn.Module, keep: torch.Tensor | Sequence[Sequence[int]
     for index, (layer, rows) in enumerate(zip(ffn_layers(model), kept)):
         where = torch.tensor(rows, dtype=torch.long)
         for up in layout.up:
-            slice_linear(get(layer, up), where, 0)
-        slice_linear(get(layer, layout.down), where, 1)
+            slice_projection(get(layer, up), where, "out")
+        slice_projection(get(layer, layout.down), where, "in")
         if layout.width_attr:
             path, attr = layout.width_attr.rsplit(".", 1)
             setattr(get(layer, path), attr, len(rows))
@@ -159,11 +160,15 @@ def neuron_scores(model: nn.Module, per_weight: dict[str, torch.Tensor]) -> torc
     """
     import torch
 
-    widths = ffn_widths(model)
+    widths, modules = ffn_widths(model), dict(model.named_modules())
     scores = torch.full((len(widths), max(widths)), -1.0)
+
+    def per_neuron(name: str, side: str) -> torch.Tensor:  # sum over the axis that is not the neuron's
+        return per_weight[name].float().sum(1 - weight_axis(modules[name], side))
+
     for index, (ups, down) in enumerate(ffn_module_names(model)):
-        total = per_weight[down].float().sum(0)
+        total = per_neuron(down, "in")
         for up in ups:
-            total = total + per_weight[up].float().sum(1)
+            total = total + per_neuron(up, "out")
         scores[index, : widths[index]] = total
     return scores

@@ -1,0 +1,131 @@
+"""How a task's data reaches a model: batches for evaluation, calibration and training, and its quality score.
+
+Classification tasks tokenize examples one by one (padding per batch) and score
+predictions with scikit-learn. Causal-LM tasks concatenate their texts into one
+token stream cut into fixed blocks (as language-model training and perplexity
+evaluation usually do), so every batch is full and every token counts once.
+The runner only talks to a :class:`Feed`, whatever the task kind.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
+
+from harness import data as taskdata
+from harness import modeling
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+    from harness.records import Batch, Split, TaskData
+
+EVAL_BATCH = 64
+LM_EVAL_BATCH = 8
+
+
+class Feed(Protocol):
+    def evaluation(self, limit: int | None) -> list[Batch]: ...
+
+    def calibration(self, count: int, batch_size: int, seed: int) -> list[Batch]: ...
+
+    def stream(self, steps: int, batch_size: int, seed: int) -> Iterator[Batch]: ...
+
+    def quality(self, model: nn.Module, batches: Sequence[Batch]) -> float: ...
+
+
+class Examples:
+    """Classification: one example per row, the metric from predicted labels."""
+
+    def __init__(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.data, self.tokenizer = data, tokenizer
+
+    def evaluation(self, limit: int | None) -> list[Batch]:
+        validation = self.data.validation
+        indices = range(min(len(validation), limit)) if limit else None
+        return taskdata.batches(self.tokenizer, validation, EVAL_BATCH, self.data.max_length, indices)
+
+    def calibration(self, count: int, batch_size: int, seed: int) -> list[Batch]:
+        indices = taskdata.calibration_indices(self.data.train, count, seed)
+        return taskdata.batches(self.tokenizer, self.data.train, batch_size, self.data.max_length, indices)
+
+    def stream(self, steps: int, batch_size: int, seed: int) -> Iterator[Batch]:
+        return taskdata.training_stream(self.tokenizer, self.data.train, steps, batch_size, self.data.max_length, seed)
+
+    def quality(self, model: nn.Module, batches: Sequence[Batch]) -> float:
+        labels = [int(label) for batch in batches for label in batch["labels"]]
+        predictions = modeling.predict(model, batches)
+        return taskdata.metric_value(self.data.metric, labels, predictions, len(self.data.label_names))
+
+
+def token_blocks(tokenizer: PreTrainedTokenizerBase, split: Split, length: int) -> torch.Tensor:
+    """The split's texts as one stream (an end-of-text token between texts) cut into ``[N, length]`` blocks.
+
+    The tail that does not fill a block is dropped, unless the whole stream is
+    shorter than one block, which then becomes the only (short) block.
+    """
+    import torch
+
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    for ids in tokenizer(list(split.text_a), add_special_tokens=False)["input_ids"]:
+        stream.extend([*ids, *separator])
+    if not stream:
+        raise ValueError("the text has no tokens")
+    if len(stream) < length:
+        return torch.tensor([stream])
+    whole = len(stream) // length * length
+    return torch.tensor(stream[:whole]).view(-1, length)
+
+
+def block_batch(blocks: torch.Tensor) -> Batch:
+    """Blocks as a batch whose labels are its inputs (the model shifts them to predict the next token)."""
+    import torch
+
+    return {"input_ids": blocks, "attention_mask": torch.ones_like(blocks), "labels": blocks.clone()}
+
+
+class Blocks:
+    """Causal language modelling: fixed token blocks, quality = perplexity (lower is better)."""
+
+    def __init__(self, data: TaskData, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.train = token_blocks(tokenizer, data.train, data.max_length)
+        self.validation = token_blocks(tokenizer, data.validation, data.max_length)
+
+    def evaluation(self, limit: int | None) -> list[Batch]:
+        blocks = self.validation[:limit] if limit else self.validation
+        return [block_batch(blocks[i : i + LM_EVAL_BATCH]) for i in range(0, len(blocks), LM_EVAL_BATCH)]
+
+    def calibration(self, count: int, batch_size: int, seed: int) -> list[Batch]:
+        chosen = taskdata.calibration_indices(self.train, count, seed)
+        return [block_batch(self.train[chosen[i : i + batch_size]]) for i in range(0, len(chosen), batch_size)]
+
+    def stream(self, steps: int, batch_size: int, seed: int) -> Iterator[Batch]:
+        for chosen in taskdata.shuffled_chunks(len(self.train), steps, batch_size, seed):
+            yield block_batch(self.train[chosen])
+
+    def quality(self, model: nn.Module, batches: Sequence[Batch]) -> float:
+        return perplexity(model, batches)
+
+
+def perplexity(model: nn.Module, batches: Sequence[Batch]) -> float:
+    """exp(mean negative log-likelihood per predicted token) over all batches."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for batch in batches:
+            losses, tokens = modeling.token_losses(model, batch)
+            total += float(losses.sum())
+            count += int(tokens.sum())
+    model.train(was_training)
+    return math.exp(total / count) if count else float("nan")
+
+
+def feed_for(data: TaskData, tokenizer: PreTrainedTokenizerBase) -> Any:
+    """The feed of the task's kind."""
+    return Blocks(data, tokenizer) if data.kind == "causal-lm" else Examples(data, tokenizer)
