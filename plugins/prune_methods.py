@@ -60,11 +60,21 @@ def unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
 
 
 def global_unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
-    """Global: the lowest-importance ``sparsity`` of all targeted weights together (``prune.global_unstructured``)."""
+    """Global: the lowest-importance ``sparsity`` of all targeted weights together (``prune.global_unstructured``).
+
+    ``normalize=mean`` divides each module's importance by its mean first. Raw
+    scores compare across modules only when their scales do: |w| roughly does,
+    |g| does not (a module whose outputs barely reach the loss, like the last
+    layer's queries under CLS pooling, has tiny gradients everywhere and would
+    be emptied first).
+    """
     import torch
 
     method = importance_method()(request.sparsity)
     scores = request.scores
+    if request.options.get("normalize", "none") == "mean":
+        scores = {name: s.float() / s.float().mean().clamp_min(torch.finfo(torch.float32).tiny)
+                  for name, s in scores.items()}
     flat = torch.cat([s.reshape(-1).float() for s in scores.values()])
     mask = method.compute_mask(flat, _ones(flat)).bool()
     pieces = torch.split(mask, [s.numel() for s in scores.values()])
@@ -141,7 +151,8 @@ def harness_pruners() -> list[Pruner]:
     scope = {"scope": ("global", "layer")}
     return [
         Pruner("unstructured", "weight", unstructured, "lowest-importance weights of each module"),
-        Pruner("global-unstructured", "weight", global_unstructured, "lowest-importance weights across modules"),
+        Pruner("global-unstructured", "weight", global_unstructured, "lowest-importance weights across modules",
+               {"normalize": "none"}, {"normalize": ("none", "mean")}),
         Pruner("structured", "weight", structured, "rows with the lowest Ln norm of importance (LnStructured)",
                {"n": 1}),
         Pruner("random-unstructured", "weight", random_unstructured, "RandomUnstructured, seeded",

@@ -267,6 +267,19 @@ def test_unstructured_layer_and_global(sparsity):
     assert zeros_fraction({"b": glob["b"]}) < zeros_fraction({"a": glob["a"]})  # b's scores are larger
 
 
+def test_global_unstructured_normalized_by_module_mean_ignores_scale():
+    """A module whose importance is 1000x smaller everywhere is not emptied first once scores are normalised."""
+    scores = weight_scores()
+    scaled = {"a": scores["a"], "b": scores["b"] / 1000}
+    raw = prune_methods.global_unstructured(PruneRequest(scaled, 0.3))
+    assert zeros_fraction({"b": raw["b"]}) > 0.85  # the raw ranking empties b
+    normalized = prune_methods.global_unstructured(PruneRequest(scaled, 0.3, {"normalize": "mean"}))
+    assert abs(zeros_fraction(normalized) - 0.3) <= 1 / 2400
+    unscaled = prune_methods.global_unstructured(PruneRequest(scores, 0.3, {"normalize": "mean"}))
+    assert all(torch.equal(normalized[n], unscaled[n]) for n in scores)  # invariant to each module's scale
+    assert 0.15 < zeros_fraction({"b": normalized["b"]}) < 0.45
+
+
 def test_structured_prunes_rows_by_ln_norm():
     scores = weight_scores()
     masks = prune_methods.structured(PruneRequest(scores, 0.25, {"n": 1}))
