@@ -122,7 +122,7 @@ def _config(args: argparse.Namespace) -> object:
 
 
 def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
-    from harness import leaderboard
+    from harness import leaderboard, provenance
     from harness.bench import make_plan
     from harness.executor import execute
     from harness.plugins import load_registry, parse_options
@@ -130,6 +130,7 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
     config = _config(args)
     registry = load_registry(extra)
     plan = make_plan(config, registry, parse_options(config.options, registry))
+    provenance.record(Path(config.out), getattr(args, "argv", ["bench"]))
     print(f"harness: {plan.total_cells()} cells -> {Path(config.out) / 'leaderboard.csv'}", file=sys.stderr)
     rows = execute(plan, progress=not args.no_progress)
     everything = leaderboard.read(Path(config.out) / "leaderboard.csv")
@@ -170,6 +171,7 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[object] = ()) -> int
     """Entry point; ``extra`` registers plugin objects directly (tests)."""
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded beside the leaderboard
         command = {"bench": cmd_bench, "list": cmd_list, "report": cmd_report}[args.command]
         return command(args, extra)
     except UsageError as error:

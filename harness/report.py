@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from harness import atomic, leaderboard
+from harness import atomic, leaderboard, provenance
 from harness.errors import UsageError
 from harness.records import LOWER_IS_BETTER
 
@@ -133,11 +133,13 @@ def build(out: Path, folder: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     sections = _sections(table, folder)
     intro = "Mean ± sd over seeds of every (method, sparsity); speedup is measured, never derived."
-    md = ["# Leaderboard", "", intro, ""]
+    regenerate = provenance.header(Path(out))
+    md = ["# Leaderboard", "", intro, "", *regenerate]
     page = ["<!doctype html><meta charset='utf-8'><title>Leaderboard</title>",
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
             "font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
-            f"<h1>Leaderboard</h1><p>{html.escape(intro)}</p>"]
+            f"<h1>Leaderboard</h1><p>{html.escape(intro)}</p>",
+            *[f"<pre>{html.escape(line)}</pre>" for line in regenerate if line and not line.startswith("```")]]
     for title, frame, plots in sections:
         md += [f"## {title}", "", *[f"![{p.stem}]({p.name})" for p in plots], "", _markdown_table(frame), ""]
         images = "".join(

@@ -76,3 +76,23 @@ def test_recovered_rows_and_options_get_their_own_curve_and_perplexity_reads_low
     assert list(_method(frame)) == ["taylor/heads", "taylor/heads + recovery lora", "taylor/heads heads.scope=global"]
     assert _axis_label(frame) == "perplexity (lower is better)"
     assert _axis_label(frame.assign(metric="mcc")) == "mcc"
+
+
+def test_bench_records_its_command_and_versions_and_the_report_heads_with_them(tiny_model_dir, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--tasks", "synthetic", "--plugins", "random,heads",
+            "--sparsities", "0.5", "--train-steps", "2", "--calib-examples", "8", "--eval-limit", "16",
+            "--latency-batch", "2", "--latency-tokens", "8", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    assert main(argv) == 0  # resumed: nothing to do, one more line
+    entries = json.loads((out / "commands.json").read_text())
+    assert len(entries) == 2 and entries[0]["command"] == entries[1]["command"]
+    assert entries[0]["command"].startswith("harness bench --models ") and "--sparsities 0.5" in entries[0]["command"]
+    import torch
+
+    assert entries[0]["versions"]["torch"] == torch.__version__
+    assert main(["report", str(out)]) == 0
+    md = (out / "report" / "report.md").read_text()
+    assert md.count(entries[0]["command"]) == 1 and "Versions: python " in md and "transformers " in md
