@@ -10,7 +10,7 @@ The runner only talks to a :class:`Feed`, whatever the task kind.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 from harness import data as taskdata
 from harness import modeling
@@ -126,6 +126,6 @@ def perplexity(model: nn.Module, batches: Sequence[Batch]) -> float:
     return math.exp(total / count) if count else float("nan")
 
 
-def feed_for(data: TaskData, tokenizer: PreTrainedTokenizerBase) -> Any:
+def feed_for(data: TaskData, tokenizer: PreTrainedTokenizerBase) -> Feed:
     """The feed of the task's kind."""
     return Blocks(data, tokenizer) if data.kind == "causal-lm" else Examples(data, tokenizer)
