@@ -27,6 +27,8 @@ LM_EVAL_BATCH = 8
 
 
 class Feed(Protocol):
+    """What the runner asks of a task's data, whatever its kind: batches and one quality number."""
+
     def evaluation(self, limit: int | None) -> list[Batch]: ...
 
     def calibration(self, count: int, batch_size: int, seed: int) -> list[Batch]: ...
