@@ -92,7 +92,7 @@ def test_bench_records_its_command_and_versions_and_the_report_heads_with_them(t
     assert entries[0]["command"].startswith("harness bench --models ") and "--sparsities 0.5" in entries[0]["command"]
     import torch
 
-    assert entries[0]["versions"]["torch"] == torch.__version__
+    assert entries[0]["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]  # wheel metadata may drop +cu130
     assert main(["report", str(out)]) == 0
     md = (out / "report" / "report.md").read_text()
     assert md.count(entries[0]["command"]) == 1 and "Versions: python " in md and "transformers " in md
