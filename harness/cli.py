@@ -130,7 +130,7 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
     config = _config(args)
     registry = load_registry(extra)
     plan = make_plan(config, registry, parse_options(config.options, registry))
-    provenance.record(Path(config.out), getattr(args, "argv", ["bench"]))
+    provenance.record(Path(config.out), args.argv)
     print(f"harness: {plan.total_cells()} cells -> {Path(config.out) / 'leaderboard.csv'}", file=sys.stderr)
     rows = execute(plan, progress=not args.no_progress)
     everything = leaderboard.read(Path(config.out) / "leaderboard.csv")

@@ -165,6 +165,8 @@ def _task_file_spec(path: Path) -> Mapping[str, Any]:
         spec["text_columns"] = [columns]
     elif not (isinstance(columns, list) and 1 <= len(columns) <= 2):
         raise UsageError(f"{path}: text_columns takes one or two column names")
+    if spec.get("kind") == "causal-lm" and len(spec["text_columns"]) != 1:
+        raise UsageError(f"{path}: a causal-lm task reads one text column")
     return spec
 
 

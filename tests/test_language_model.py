@@ -118,6 +118,7 @@ def test_lm_task_file_reads_a_table_column(tmp_path):
     ("kind: causal-lm\ntrain: c.txt\nvalidation: c.txt\nmetric: accuracy\n", "perplexity is the metric"),
     ("train: c.csv\nvalidation: c.csv\ntext_columns: a\nlabel_column: b\nlabel_names: [x, y]\nmetric: perplexity\n",
      "perplexity is the metric"),
+    ("kind: causal-lm\ntrain: c.csv\nvalidation: c.csv\ntext_columns: [a, b]\n", "one text column"),
 ])
 def test_bad_lm_task_files_are_usage_errors(tmp_path, body, message):
     spec = tmp_path / "t.yaml"
