@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from harness import surgery
 from harness.plugins import options_for
-from harness.records import Pruner, TrainRequest
+from harness.records import Pruner, TaskData, TrainRequest
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +23,29 @@ if TYPE_CHECKING:
     from harness.runner import Unit
 
 RANK_COLUMNS = ("erank_q", "erank_k", "erank_v")
+# a classifier whose training loss ends above this share of the label prior's entropy learned next to nothing
+NOT_LEARNED_SHARE = 0.95
+
+
+def training_flags(final_loss: float, data: TaskData, stage: str = "training") -> tuple[str, ...]:
+    """Why a training run's result should not be trusted, as row flags (none when it looks sound).
+
+    ``<stage>-diverged``: the loss is not finite. ``<stage>-not-learned``
+    (classification): the final loss is at least 95% of the entropy of the
+    training labels, the loss of always predicting the class frequencies; a
+    diverged LoRA run sits there while its row still looks like a result.
+    """
+    import math
+    from collections import Counter
+
+    if not math.isfinite(final_loss):
+        return (f"{stage}-diverged",)
+    if data.kind != "classification" or not data.train.labels:
+        return ()
+    counts = Counter(data.train.labels).values()
+    total = sum(counts)
+    prior = -sum(n / total * math.log(n / total) for n in counts)
+    return (f"{stage}-not-learned",) if final_loss >= NOT_LEARNED_SHARE * prior else ()
 
 
 def write_spectra(updates: Mapping[str, torch.Tensor], model: nn.Module, stem: Path) -> dict[str, float]:
@@ -52,8 +75,8 @@ def row_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
     return columns
 
 
-def recover(unit: Unit, model: nn.Module, pruner: Pruner, keep: Any) -> tuple[nn.Module, dict[str, float]]:
-    """Train a pruned model with the plan's recovery adapter; re-mask weights; the cost as extras."""
+def recover(unit: Unit, model: nn.Module, pruner: Pruner, keep: Any) -> tuple[nn.Module, dict[str, float], tuple[str, ...]]:
+    """Train a pruned model with the plan's recovery adapter; re-mask weights; the cost as extras, and flags."""
     import time
 
     adapter, c = unit.plan.recovery, unit.plan.config
@@ -69,4 +92,4 @@ def recover(unit: Unit, model: nn.Module, pruner: Pruner, keep: Any) -> tuple[nn
         surgery.apply_weight_masks(recovered, {name: mask.bool() for name, mask in keep.items()})
     extras = {"recovery/train_s": seconds, "recovery/trainable_params": float(result.trainable_params),
               "recovery/final_loss": float(result.final_loss)}
-    return recovered, extras
+    return recovered, extras, training_flags(float(result.final_loss), unit.data, "recovery")

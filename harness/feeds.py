@@ -10,6 +10,7 @@ The runner only talks to a :class:`Feed`, whatever the task kind.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 from harness import data as taskdata
@@ -26,6 +27,14 @@ EVAL_BATCH = 64
 LM_EVAL_BATCH = 8
 
 
+@dataclass(frozen=True)
+class Quality:
+    """A model's score on the validation split and what makes it suspect (row flags)."""
+
+    score: float
+    flags: tuple[str, ...] = ()
+
+
 class Feed(Protocol):
     """What the runner asks of a task's data, whatever its kind: batches and one quality number."""
 
@@ -35,7 +44,7 @@ class Feed(Protocol):
 
     def stream(self, steps: int, batch_size: int, seed: int) -> Iterator[Batch]: ...
 
-    def quality(self, model: nn.Module, batches: Sequence[Batch]) -> float: ...
+    def quality(self, model: nn.Module, batches: Sequence[Batch]) -> Quality: ...
 
 
 class Examples:
@@ -56,10 +65,16 @@ class Examples:
     def stream(self, steps: int, batch_size: int, seed: int) -> Iterator[Batch]:
         return taskdata.training_stream(self.tokenizer, self.data.train, steps, batch_size, self.data.max_length, seed)
 
-    def quality(self, model: nn.Module, batches: Sequence[Batch]) -> float:
+    def quality(self, model: nn.Module, batches: Sequence[Batch]) -> Quality:
+        """The metric, flagged ``constant-predictions`` when every example gets one label.
+
+        Such a model scores what a constant guess scores (accuracy = that class's
+        share, MCC = 0), which a table of numbers hides.
+        """
         labels = [int(label) for batch in batches for label in batch["labels"]]
         predictions = modeling.predict(model, batches)
-        return taskdata.metric_value(self.data.metric, labels, predictions, len(self.data.label_names))
+        score = taskdata.metric_value(self.data.metric, labels, predictions, len(self.data.label_names))
+        return Quality(score, ("constant-predictions",) if len(set(predictions)) == 1 < len(predictions) else ())
 
 
 def token_blocks(tokenizer: PreTrainedTokenizerBase, split: Split, length: int) -> torch.Tensor:
@@ -108,8 +123,9 @@ class Blocks:
         for chosen in taskdata.shuffled_chunks(len(self.train), steps, batch_size, seed):
             yield block_batch(self.train[chosen])
 
-    def quality(self, model: nn.Module, batches: Sequence[Batch]) -> float:
-        return perplexity(model, batches)
+    def quality(self, model: nn.Module, batches: Sequence[Batch]) -> Quality:
+        value = perplexity(model, batches)
+        return Quality(value, () if math.isfinite(value) else ("non-finite-perplexity",))
 
 
 def perplexity(model: nn.Module, batches: Sequence[Batch]) -> float:

@@ -45,6 +45,7 @@ COLUMNS = (
     "erank_k",
     "erank_v",
     "extras",
+    "flags",
     "status",
     "error",
 )
@@ -108,6 +109,16 @@ def summary(frame: Any) -> str:
     return "\n".join(parts)
 
 
+def flag_counts(frame: Any) -> dict[str, int]:
+    """How many rows carry each flag (a row's flags are ``;``-separated)."""
+    from collections import Counter
+
+    if "flags" not in frame:
+        return {}
+    counts = Counter(flag for text in frame["flags"].fillna("").astype(str) for flag in text.split(";") if flag)
+    return dict(sorted(counts.items()))
+
+
 AGGREGATE_KEYS = (
     "model", "task", "adapter", "scorer", "pruner", "granularity", "options", "targets", "recovery", "sparsity",
 )
@@ -136,6 +147,7 @@ def aggregate(frame: Any) -> Any:
         gflops=("gflops", "mean"),
         speedup_mean=("speedup", "mean"),
         speedup_sd=("speedup", "std"),
+        flagged=("flags", lambda flags: int((flags.fillna("").astype(str) != "").sum())),
     ).reset_index()
     dense = table[(table["scorer"] == "none") & (table["pruner"] == "none")]
     dense = dense[["model", "task", "adapter", "score_mean", "score_sd"]].rename(

@@ -147,13 +147,15 @@ def forward_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
 
 
 def train_adamw(request: TrainRequest) -> tuple[int, float]:
-    """Train ``request.model`` in place: AdamW, linear warm-up then decay, clipping; ``(steps, last loss)``.
+    """Train ``request.model`` in place: AdamW, linear warm-up then decay, clipping; ``(steps, final loss)``.
 
     Public so that every adapter (built-in or third-party) shares one loop instead
     of importing another plugin. Only parameters with ``requires_grad`` are
     optimised; options ``weight_decay``, ``warmup_ratio`` and ``max_grad_norm``
     are required. Seeds torch with ``request.seed`` first, logs ``train/loss`` each
-    step and leaves the model in eval mode.
+    step and leaves the model in eval mode. The final loss is the mean over the
+    last tenth of the steps: one batch's loss is too noisy to tell a run that
+    learned from one that diverged.
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -165,7 +167,8 @@ def train_adamw(request: TrainRequest) -> tuple[int, float]:
     warmup = int(float(options["warmup_ratio"]) * request.steps)
     schedule = get_linear_schedule_with_warmup(optimizer, warmup, max(request.steps, 1))
     model.train()
-    loss_value, step = float("nan"), 0
+    losses: list[float] = []
+    step = 0
     for step, batch in enumerate(request.batches, start=1):
         loss = per_example_loss(model, batch).mean()
         loss.backward()
@@ -173,7 +176,8 @@ def train_adamw(request: TrainRequest) -> tuple[int, float]:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = float(loss.detach())
-        request.log("train/loss", loss_value, step)
+        losses.append(float(loss.detach()))
+        request.log("train/loss", losses[-1], step)
     model.eval()
-    return step, loss_value
+    tail = losses[-max(1, len(losses) // 10):]
+    return step, (sum(tail) / len(tail) if tail else float("nan"))

@@ -142,7 +142,7 @@ class TrainResult:
     model: nn.Module
     trainable_params: int
     steps: int
-    final_loss: float
+    final_loss: float  # training loss at the end (the shared loop: mean of the last tenth of the steps)
     config: Mapping[str, Any] = field(default_factory=dict)  # what a row records of the adapter's setup
     updates: Mapping[str, torch.Tensor] = field(default_factory=dict)  # module name -> learned update dW
 

@@ -19,7 +19,7 @@ from harness.errors import UsageError
 from harness.records import LOWER_IS_BETTER
 
 TABLE_COLUMNS = ("scorer", "pruner", "options", "recovery", "sparsity", "achieved_sparsity", "score_mean", "score_sd", "seeds",
-                 "speedup_mean", "params", "gflops")
+                 "speedup_mean", "params", "gflops", "flagged")
 
 
 def _method(frame: Any) -> Any:

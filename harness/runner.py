@@ -64,6 +64,7 @@ class Unit:
     heads_total: int = 0
     dense_gflops: float = float("nan")
     adapted: dict = field(default_factory=dict)  # the unit adapter's row columns: trainable params, config, ranks
+    flags: tuple[str, ...] = ()  # what makes every row of the unit suspect (its training did not learn)
     scopes: dict = field(default_factory=dict)  # granularity -> (module names, dense weight count)
 
     @property
@@ -130,7 +131,9 @@ class Unit:
 
         A pruned model is timed in alternation with the dense one, in the same run.
         """
-        score = self.feed.quality(model, self.eval_batches)
+        quality = self.feed.quality(model, self.eval_batches)
+        score = quality.score
+        flags = sorted({*self.flags, *row.pop("flags", ()), *quality.flags})
         geometry = surgery.head_geometry(model)
         if model is self.model:
             latency = reference = modeling.measure_latency_ms(model, self.latency_input)
@@ -154,6 +157,7 @@ class Unit:
             "gflops": round(gflops, 4),
             "latency_ms": round(latency, 3),
             "speedup": round(reference / latency, 4),
+            "flags": ";".join(flags),
             "status": "ok",
             "error": "",
         }
@@ -173,6 +177,7 @@ class Unit:
             self.cache.save_model(self.unit_key(), self.model, meta)
         self.train_s = float(meta["train_s"])
         self.adapted = adaptation.row_columns(meta)
+        self.flags = adaptation.training_flags(float(meta.get("final_loss", 0.0)), self.data)
         self.model.eval()
         self.heads_total = surgery.head_geometry(self.model).total_heads
         self.latency_input = modeling.latency_input(self.model, c.latency_batch, c.latency_tokens)
@@ -289,7 +294,7 @@ class Unit:
         extras = dict(scored.extras)
         row = {**self.row(scorer, pruner, sparsity, recovery), "scoring_s": round(scored.seconds, 3)}
         if recovery:
-            model, recovered = adaptation.recover(self, model, pruner, keep)
+            model, recovered, row["flags"] = adaptation.recover(self, model, pruner, keep)
             extras.update(recovered)
             row["trainable_params"] = int(recovered["recovery/trainable_params"])
         row["extras"] = json.dumps({k: round(v, 6) for k, v in sorted(extras.items())}) if extras else ""

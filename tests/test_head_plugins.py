@@ -375,7 +375,7 @@ def test_finetune_learns_a_toy_signal(arch):
     assert [step for _, _, step in logged] == list(range(1, 31))
     assert {name for name, _, _ in logged} == {"train/loss"}
     losses = [value for _, value, _ in logged]
-    assert result.final_loss == losses[-1]
+    assert result.final_loss == pytest.approx(sum(losses[-3:]) / 3)  # the mean of the last tenth of the steps
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first and result.final_loss < initial
     assert held_out_loss() < 0.5 * initial  # it generalises to unseen sequences
