@@ -59,22 +59,48 @@ def unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
     return {name: method.compute_mask(s, _ones(s)).bool() for name, s in request.scores.items()}
 
 
+def lamp(scores: torch.Tensor) -> torch.Tensor:
+    """LAMP score of each entry (Lee et al. 2021): s² / Σ s'² over the module's entries with s' ≥ s.
+
+    Scale-free within a module, and a module's largest entry always scores 1, so
+    a global ranking of LAMP scores never empties a module before every other
+    module is nearly empty; the lowest scores sit where a module has many
+    entries much smaller than its large ones.
+    """
+    import torch
+
+    flat = scores.reshape(-1).double().square()
+    order = torch.argsort(flat)
+    ranked = flat[order]
+    tail = ranked.flip(0).cumsum(0).flip(0)  # Σ over entries ranked at or above each one
+    values = torch.empty_like(flat)
+    values[order] = ranked / tail.clamp_min(torch.finfo(torch.float64).tiny)
+    return values.view(scores.shape).float()
+
+
+def _normalized(scores: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
+    import torch
+
+    if how == "mean":
+        return {name: s.float() / s.float().mean().clamp_min(torch.finfo(torch.float32).tiny) for name, s in scores.items()}
+    if how == "lamp":
+        return {name: lamp(s) for name, s in scores.items()}
+    return scores
+
+
 def global_unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
     """Global: the lowest-importance ``sparsity`` of all targeted weights together (``prune.global_unstructured``).
 
-    ``normalize=mean`` divides each module's importance by its mean first. Raw
-    scores compare across modules only when their scales do: |w| roughly does,
-    |g| does not (a module whose outputs barely reach the loss, like the last
-    layer's queries under CLS pooling, has tiny gradients everywhere and would
-    be emptied first).
+    Raw scores compare across modules only when their scales do: |w| roughly
+    does, |g| does not (a module whose outputs barely reach the loss, like the
+    last layer's queries under CLS pooling, has tiny gradients everywhere and
+    would be emptied first). ``normalize=mean`` divides each module's importance
+    by its mean first; ``normalize=lamp`` ranks by :func:`lamp` scores instead.
     """
     import torch
 
     method = importance_method()(request.sparsity)
-    scores = request.scores
-    if request.options.get("normalize", "none") == "mean":
-        scores = {name: s.float() / s.float().mean().clamp_min(torch.finfo(torch.float32).tiny)
-                  for name, s in scores.items()}
+    scores = _normalized(request.scores, str(request.options.get("normalize", "none")))
     flat = torch.cat([s.reshape(-1).float() for s in scores.values()])
     mask = method.compute_mask(flat, _ones(flat)).bool()
     pieces = torch.split(mask, [s.numel() for s in scores.values()])
@@ -152,7 +178,7 @@ def harness_pruners() -> list[Pruner]:
     return [
         Pruner("unstructured", "weight", unstructured, "lowest-importance weights of each module"),
         Pruner("global-unstructured", "weight", global_unstructured, "lowest-importance weights across modules",
-               {"normalize": "none"}, {"normalize": ("none", "mean")}),
+               {"normalize": "none"}, {"normalize": ("none", "mean", "lamp")}),
         Pruner("structured", "weight", structured, "rows with the lowest Ln norm of importance (LnStructured)",
                {"n": 1}),
         Pruner("random-unstructured", "weight", random_unstructured, "RandomUnstructured, seeded",

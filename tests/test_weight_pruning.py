@@ -280,6 +280,27 @@ def test_global_unstructured_normalized_by_module_mean_ignores_scale():
     assert 0.15 < zeros_fraction({"b": normalized["b"]}) < 0.45
 
 
+def test_lamp_scores_match_their_definition():
+    scores = torch.tensor([[3.0, 1.0], [2.0, 4.0]])
+    # sorted squares 1, 4, 9, 16; each over the sum of itself and all larger ones
+    expected = torch.tensor([[9 / 25, 1 / 30], [4 / 29, 16 / 16]])
+    torch.testing.assert_close(prune_methods.lamp(scores), expected)
+    torch.testing.assert_close(prune_methods.lamp(scores * 1000), expected)  # scale-free
+
+
+def test_global_unstructured_lamp_is_exact_scale_free_and_keeps_every_module():
+    scores = weight_scores()
+    scaled = {"a": scores["a"], "b": scores["b"] / 1000}
+    for sparsity in (0.1, 0.5, 0.9):
+        masks = prune_methods.global_unstructured(PruneRequest(scaled, sparsity, {"normalize": "lamp"}))
+        assert abs(zeros_fraction(masks) - sparsity) <= 1 / 2400
+        unscaled = prune_methods.global_unstructured(PruneRequest(scores, sparsity, {"normalize": "lamp"}))
+        assert all(torch.equal(masks[n], unscaled[n]) for n in scores)
+        assert all(bool(mask.view(-1)[scores[n].argmax()]) for n, mask in masks.items())  # its top entry stays
+        for name, mask in masks.items():  # within a module, whatever is kept outranks whatever is zeroed
+            assert scores[name][mask].min() >= scores[name][~mask].max()
+
+
 def test_structured_prunes_rows_by_ln_norm():
     scores = weight_scores()
     masks = prune_methods.structured(PruneRequest(scores, 0.25, {"n": 1}))

@@ -1,0 +1,73 @@
+"""Where global unstructured pruning puts its zeros: sparsity per weight group and layer, per scorer.
+
+Global ranking compares importance across modules, so a scorer whose scale
+differs between modules (|g| does: a module far from the loss has tiny
+gradients) can empty some modules while barely touching others. This prints,
+for a grid's fine-tuned model (from the harness cache, or trained once), the
+share of each (layer, group) that global pruning zeroes at each sparsity, with
+``normalize=none`` and ``normalize=mean``, and the modules it empties most.
+
+    python benchmarks/global_profile.py --tasks sst2 --data-dir ../shared/data --seeds 2 \\
+        --plugins gradient,taylor,magnitude,global-unstructured --sparsities 0.1 0.5
+
+Takes the same arguments as ``harness bench`` (only the first model, task and
+seed are profiled); nothing is written to ``--out``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pandas as pd
+
+from harness import PruneRequest, surgery
+from harness.bench import make_plan
+from harness.cli import _config, build_parser
+from harness.executor import cache_of, make_unit, unit_specs
+from harness.plugins import load_registry, options_for, parse_options
+from harness.tracking import Scalars
+
+
+def module_table(unit: Any) -> pd.DataFrame:
+    """(name, layer, group) of every weight-pruning target of the unit's model."""
+    groups = surgery.module_groups(unit.model)
+    names = unit.scope("weight")[0]
+    rows = []
+    for name in names:
+        layer = next((int(part) for part in name.split(".") if part.isdigit()), -1)
+        rows.append({"name": name, "layer": layer, "group": groups.get(name, "?")})
+    return pd.DataFrame(rows)
+
+
+def profile(unit: Any, scorer: Any, pruner: Any, sparsity: float, normalize: str) -> pd.Series:
+    """Share of each target module's weights that the pruner zeroes."""
+    scored = unit.scores(scorer, None)
+    options = {**options_for(pruner, unit.plan.overrides), "normalize": normalize}
+    keep = pruner.compute_mask(PruneRequest(scored.values, sparsity, options, unit.seed))
+    return pd.Series({name: 1.0 - float(mask.float().mean()) for name, mask in keep.items()})
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(["bench", *argv])
+    config = _config(args)
+    registry = load_registry(())
+    plan = make_plan(config, registry, parse_options(config.options, registry))
+    unit = make_unit(plan, unit_specs(plan)[0], lambda row: None, Scalars(None), cache_of(plan))
+    unit.prepare()
+    table = module_table(unit)
+    for scorer, pruner in plan.methods:
+        if scorer is None or pruner.name != "global-unstructured":
+            continue
+        for sparsity in plan.sparsities:
+            for normalize in ("none", "mean"):
+                table["pruned"] = table["name"].map(profile(unit, scorer, pruner, sparsity, normalize))
+                grid = table.pivot_table(index="layer", columns="group", values="pruned")
+                worst = table.nlargest(3, "pruned")
+                print(f"\n{scorer.name}, global {sparsity:.0%}, normalize={normalize}: share zeroed per layer × group")
+                print(grid.to_string(float_format=lambda v: f"{v:.3f}"))
+                print("most emptied: " + ", ".join(f"{r.name} {r.pruned:.3f}" for r in worst.itertuples()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
