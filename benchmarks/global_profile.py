@@ -4,8 +4,9 @@ Global ranking compares importance across modules, so a scorer whose scale
 differs between modules (|g| does: a module far from the loss has tiny
 gradients) can empty some modules while barely touching others. This prints,
 for a grid's fine-tuned model (from the harness cache, or trained once), the
-share of each (layer, group) that global pruning zeroes at each sparsity, with
-``normalize=none`` and ``normalize=mean``, and the modules it empties most.
+share of each (layer, group) that global pruning zeroes at each sparsity, for
+every ``normalize`` choice of the pruner (none, mean, lamp), and the modules it
+empties most.
 
     python benchmarks/global_profile.py --tasks sst2 --data-dir ../shared/data --seeds 2 \\
         --plugins gradient,taylor,magnitude,global-unstructured --sparsities 0.1 0.5
@@ -60,7 +61,7 @@ def main(argv: list[str]) -> None:
         if scorer is None or pruner.name != "global-unstructured":
             continue
         for sparsity in plan.sparsities:
-            for normalize in ("none", "mean"):
+            for normalize in pruner.choices["normalize"]:
                 table["pruned"] = table["name"].map(profile(unit, scorer, pruner, sparsity, normalize))
                 grid = table.pivot_table(index="layer", columns="group", values="pruned")
                 worst = table.nlargest(3, "pruned")

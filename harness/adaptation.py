@@ -27,22 +27,28 @@ RANK_COLUMNS = ("erank_q", "erank_k", "erank_v")
 NOT_LEARNED_SHARE = 0.95
 
 
-def training_flags(final_loss: float, data: TaskData, stage: str = "training") -> tuple[str, ...]:
+def training_flags(final_loss: float | None, data: TaskData, stage: str = "training") -> tuple[str, ...]:
     """Why a training run's result should not be trusted, as row flags (none when it looks sound).
 
     ``<stage>-diverged``: the loss is not finite. ``<stage>-not-learned``
     (classification): the final loss is at least 95% of the entropy of the
     training labels, the loss of always predicting the class frequencies; a
     diverged LoRA run sits there while its row still looks like a result.
+    ``None`` (no steps were run, or a cache entry older than the tail-mean
+    loss) and single-class training labels give no verdict rather than a false one.
     """
     import math
     from collections import Counter
 
+    if final_loss is None:
+        return ()
     if not math.isfinite(final_loss):
         return (f"{stage}-diverged",)
     if data.kind != "classification" or not data.train.labels:
         return ()
     counts = Counter(data.train.labels).values()
+    if len(counts) < 2:
+        return ()
     total = sum(counts)
     prior = -sum(n / total * math.log(n / total) for n in counts)
     return (f"{stage}-not-learned",) if final_loss >= NOT_LEARNED_SHARE * prior else ()
@@ -92,4 +98,9 @@ def recover(unit: Unit, model: nn.Module, pruner: Pruner, keep: Any) -> tuple[nn
         surgery.apply_weight_masks(recovered, {name: mask.bool() for name, mask in keep.items()})
     extras = {"recovery/train_s": seconds, "recovery/trainable_params": float(result.trainable_params),
               "recovery/final_loss": float(result.final_loss)}
-    return recovered, extras, training_flags(float(result.final_loss), unit.data, "recovery")
+    return recovered, extras, training_flags(trained_loss(result), unit.data, "recovery")
+
+
+def trained_loss(result: Any) -> float | None:
+    """The run's tail-mean loss, or ``None`` when no step ran (``--train-steps 0``): nothing to judge."""
+    return float(result.final_loss) if result.steps > 0 else None

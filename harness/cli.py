@@ -142,9 +142,9 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
           f"fine-tunes run {counts.get('fine_tunes_run', 0)} (cached {counts.get('models_hit', 0)}), "
           f"scoring passes run {counts.get('scoring_runs', 0)} (cached {counts.get('scores_hit', 0)})")
     print(f"leaderboard: {Path(config.out) / 'leaderboard.csv'}; over seeds: {Path(config.out) / 'leaderboard_seeds.csv'}")
-    flagged = leaderboard.flag_counts(rows)
+    flagged = leaderboard.flag_counts(everything)
     if flagged:
-        print("flagged rows (see the flags column): " + ", ".join(f"{flag} {n}" for flag, n in flagged.items()))
+        print("flagged rows in the leaderboard (see the flags column): " + ", ".join(f"{flag} {n}" for flag, n in flagged.items()))
     for _, row in failed.iterrows():
         print(f"  failed: {row['scorer']}/{row['pruner']} sparsity {row['sparsity']} seed {row['seed']}: {row['error']}")
     return 1 if len(failed) else 0

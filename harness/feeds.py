@@ -141,7 +141,12 @@ def perplexity(model: nn.Module, batches: Sequence[Batch]) -> float:
             total += float(losses.sum())
             count += int(tokens.sum())
     model.train(was_training)
-    return math.exp(total / count) if count else float("nan")
+    if not count:
+        return float("nan")
+    try:
+        return math.exp(total / count)
+    except OverflowError:  # a broken model's mean NLL above ~709 nats: infinitely perplexed, flagged downstream
+        return float("inf")
 
 
 def feed_for(data: TaskData, tokenizer: PreTrainedTokenizerBase) -> Feed:

@@ -109,13 +109,18 @@ def summary(frame: Any) -> str:
     return "\n".join(parts)
 
 
+def text_column(values: Any) -> Any:
+    """A column as text with missing values empty: a column read back all-empty is float NaN."""
+    return values.astype("string").fillna("").astype(str)
+
+
 def flag_counts(frame: Any) -> dict[str, int]:
     """How many rows carry each flag (a row's flags are ``;``-separated)."""
     from collections import Counter
 
     if "flags" not in frame:
         return {}
-    counts = Counter(flag for text in frame["flags"].fillna("").astype(str) for flag in text.split(";") if flag)
+    counts = Counter(flag for text in text_column(frame["flags"]) for flag in text.split(";") if flag)
     return dict(sorted(counts.items()))
 
 
@@ -135,7 +140,9 @@ def aggregate(frame: Any) -> Any:
     if ok.empty:
         return pd.DataFrame()
     keys = list(AGGREGATE_KEYS)
-    ok[keys] = ok[keys].fillna("")
+    for key in keys:
+        if key != "sparsity":
+            ok[key] = text_column(ok[key])
     grouped = ok.groupby(keys, sort=True, dropna=False)
     table = grouped.agg(
         metric=("metric", "first"),
@@ -147,7 +154,7 @@ def aggregate(frame: Any) -> Any:
         gflops=("gflops", "mean"),
         speedup_mean=("speedup", "mean"),
         speedup_sd=("speedup", "std"),
-        flagged=("flags", lambda flags: int((flags.fillna("").astype(str) != "").sum())),
+        flagged=("flags", lambda flags: int((text_column(flags) != "").sum())),
     ).reset_index()
     dense = table[(table["scorer"] == "none") & (table["pruner"] == "none")]
     dense = dense[["model", "task", "adapter", "score_mean", "score_sd"]].rename(

@@ -27,7 +27,7 @@ def _method(frame: Any) -> Any:
     label = frame["scorer"].astype(str) + "/" + frame["pruner"].astype(str)
     for column, prefix in (("options", " "), ("recovery", " + recovery ")):
         if column in frame:
-            value = frame[column].fillna("").astype(str)
+            value = leaderboard.text_column(frame[column])
             label = label.where(value == "", label + prefix + value)
     return label
 

@@ -23,6 +23,8 @@ from harness.tracking import Scalars, recording
 
 Row = dict[str, Any]
 DEFAULT_TRAIN_STEPS = 300
+# Cache meta key of the fine-tune's tail-mean loss; entries written before it (last-step loss) have none.
+LOSS_KEY = "tail_loss"
 
 
 def _error_text(error: BaseException) -> str:
@@ -177,7 +179,7 @@ class Unit:
             self.cache.save_model(self.unit_key(), self.model, meta)
         self.train_s = float(meta["train_s"])
         self.adapted = adaptation.row_columns(meta)
-        self.flags = adaptation.training_flags(float(meta.get("final_loss", 0.0)), self.data)
+        self.flags = adaptation.training_flags(meta.get(LOSS_KEY), self.data)
         self.model.eval()
         self.heads_total = surgery.head_geometry(self.model).total_heads
         self.latency_input = modeling.latency_input(self.model, c.latency_batch, c.latency_tokens)
@@ -201,7 +203,7 @@ class Unit:
         elapsed = time.perf_counter() - start
         self.model = result.model.eval()
         self.cache.counts["fine_tunes_run"] += 1
-        meta = {"train_s": elapsed, "trainable_params": result.trainable_params, "final_loss": result.final_loss,
+        meta = {"train_s": elapsed, "trainable_params": result.trainable_params, LOSS_KEY: adaptation.trained_loss(result),
                 "config": dict(result.config)}
         return meta, dict(result.updates)
 
@@ -316,17 +318,26 @@ def _untied(tensors: dict[str, Any]) -> dict[str, Any]:
 
 
 def _checked_scores(scorer: Scorer, values: Any, expected: Any) -> Any:
-    """Scores as float CPU tensors, after checking their shapes against the model."""
+    """Scores as float CPU tensors, after checking shapes against the model and that they can be ranked.
+
+    NaN ranks nowhere; weight scores must also be finite (global and LAMP
+    rankings compare them across modules). Head and neuron scores may use ±inf
+    to pin a unit.
+    """
     if isinstance(expected, dict):
         if not isinstance(values, dict) or set(values) != set(expected):
             raise ValueError(f"scorer {scorer.name!r} must return a tensor for each of the {len(expected)} target modules")
         for name, shape in expected.items():
             if tuple(values[name].shape) != shape:
                 raise ValueError(f"scorer {scorer.name!r}: {name} scores have shape {tuple(values[name].shape)}")
+            if not bool(values[name].isfinite().all()):
+                raise ValueError(f"scorer {scorer.name!r}: {name} scores are not all finite")
         return {name: values[name].detach().float().cpu() for name in expected}
     if tuple(getattr(values, "shape", ())) != expected:
         shape = tuple(getattr(values, "shape", ()))
         raise ValueError(f"scorer {scorer.name!r} returned shape {shape}, expected {expected}")
+    if bool(values.isnan().any()):
+        raise ValueError(f"scorer {scorer.name!r} returned NaN scores")
     return values.detach().float().cpu()
 
 

@@ -40,7 +40,9 @@ def importance_method() -> type:
             mask = default_mask.clone(memory_format=torch.contiguous_format)
             count = round(self.amount * importance.numel())
             if count:
-                lowest = torch.topk(importance.reshape(-1).float(), count, largest=False).indices
+                values = importance.reshape(-1)
+                values = values if values.is_floating_point() else values.float()
+                lowest = torch.topk(values, count, largest=False).indices
                 mask.view(-1)[lowest] = 0
             return mask
 
@@ -63,9 +65,10 @@ def lamp(scores: torch.Tensor) -> torch.Tensor:
     """LAMP score of each entry (Lee et al. 2021): s² / Σ s'² over the module's entries with s' ≥ s.
 
     Scale-free within a module, and a module's largest entry always scores 1, so
-    a global ranking of LAMP scores never empties a module before every other
-    module is nearly empty; the lowest scores sit where a module has many
-    entries much smaller than its large ones.
+    a global ranking of LAMP scores keeps at least one entry of every module
+    below 100% sparsity (ties at exactly 1 aside); the lowest scores sit where a
+    module has many entries much smaller than its large ones. Float64: in
+    float32, the ratios of a large module's smallest entries underflow to ties.
     """
     import torch
 
@@ -75,7 +78,7 @@ def lamp(scores: torch.Tensor) -> torch.Tensor:
     tail = ranked.flip(0).cumsum(0).flip(0)  # Σ over entries ranked at or above each one
     values = torch.empty_like(flat)
     values[order] = ranked / tail.clamp_min(torch.finfo(torch.float64).tiny)
-    return values.view(scores.shape).float()
+    return values.view(scores.shape)
 
 
 def _normalized(scores: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
@@ -101,7 +104,7 @@ def global_unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
 
     method = importance_method()(request.sparsity)
     scores = _normalized(request.scores, str(request.options.get("normalize", "none")))
-    flat = torch.cat([s.reshape(-1).float() for s in scores.values()])
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])  # float64 when normalized by LAMP
     mask = method.compute_mask(flat, _ones(flat)).bool()
     pieces = torch.split(mask, [s.numel() for s in scores.values()])
     return {name: piece.view(s.shape) for (name, s), piece in zip(scores.items(), pieces)}

@@ -39,9 +39,11 @@ def task(labels: tuple[int, ...], kind: str = "classification") -> TaskData:
         ((0,) * 90 + (1,) * 10, 0.20, ()),
         ((0, 1) * 50, float("nan"), ("training-diverged",)),
         ((0, 1) * 50, float("inf"), ("training-diverged",)),
+        ((0, 1) * 50, None, ()),  # no steps ran, or a cache entry without the tail-mean loss: no verdict
+        ((1,) * 20, 0.0, ()),  # one training class: its prior's entropy is 0, any loss would be "not learned"
     ],
 )
-def test_training_flags_against_the_label_prior(labels: tuple[int, ...], loss: float, expected: tuple) -> None:
+def test_training_flags_against_the_label_prior(labels: tuple[int, ...], loss: float | None, expected: tuple) -> None:
     assert training_flags(loss, task(labels)) == expected
 
 
@@ -100,6 +102,29 @@ def test_flags_reach_every_row_the_summary_and_the_aggregate(capsys, tiny_model_
     counts = leaderboard.flag_counts(frame)
     assert counts["training-diverged"] == 2 and counts["constant-predictions"] >= 2
     printed = capsys.readouterr().out
-    assert "flagged rows (see the flags column): " in printed and "training-diverged 2" in printed
+    assert "flagged rows in the leaderboard (see the flags column): " in printed and "training-diverged 2" in printed
     seeds = pd.read_csv(out / "leaderboard_seeds.csv")
     assert list(seeds[seeds["adapter"] == "stuck"]["flagged"]) == [1, 1]
+
+
+def test_no_training_steps_give_no_training_flags(tiny_model_dir, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "head-gradient,heads", "--no-baselines",
+            "--sparsities", "0.5", "--seeds", "0", "--out", str(out), *FAST, "--train-steps", "0"]
+    assert main(argv) == 0
+    frame = leaderboard.read(out / "leaderboard.csv")
+    assert len(frame) == 2 and not leaderboard.text_column(frame["flags"]).str.contains("training-").any()
+
+
+def test_flag_columns_read_back_empty_are_text(recwarn) -> None:
+    frame = pd.DataFrame({"flags": [float("nan"), float("nan")], "other": [1.0, 2.0]})
+    assert leaderboard.flag_counts(frame) == {}
+    assert list(leaderboard.text_column(frame["flags"])) == ["", ""]
+    assert not [w for w in recwarn if "fill" in str(w.message)]
+
+
+def test_overflowing_perplexity_is_infinite_and_flagged(monkeypatch, tmp_path: Path) -> None:
+    from harness import feeds, modeling
+
+    monkeypatch.setattr(modeling, "token_losses", lambda model, batch: (torch.tensor([800.0]), torch.tensor([1])))
+    assert feeds.perplexity(torch.nn.Linear(1, 1), [object()]) == float("inf")

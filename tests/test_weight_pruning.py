@@ -283,7 +283,8 @@ def test_global_unstructured_normalized_by_module_mean_ignores_scale():
 def test_lamp_scores_match_their_definition():
     scores = torch.tensor([[3.0, 1.0], [2.0, 4.0]])
     # sorted squares 1, 4, 9, 16; each over the sum of itself and all larger ones
-    expected = torch.tensor([[9 / 25, 1 / 30], [4 / 29, 16 / 16]])
+    expected = torch.tensor([[9 / 25, 1 / 30], [4 / 29, 16 / 16]], dtype=torch.float64)
+    assert prune_methods.lamp(scores).dtype == torch.float64  # float32 ratios of big modules underflow to ties
     torch.testing.assert_close(prune_methods.lamp(scores), expected)
     torch.testing.assert_close(prune_methods.lamp(scores * 1000), expected)  # scale-free
 
@@ -365,3 +366,23 @@ def test_bench_weight_and_neuron_rows_report_measured_sparsity(tiny_model_dir, t
     assert (neurons["params"] < frame["params"].iloc[0]).all() and (neurons["gflops"] < frame["gflops"].iloc[0]).all()
     dense = frame[frame["sparsity"] == 0].iloc[0]
     assert dense["achieved_sparsity"] == 0 and dense["granularity"] == "none"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weight_scores_that_cannot_be_ranked_are_rejected(bad: float):
+    from types import SimpleNamespace
+
+    from harness.runner import _checked_scores
+
+    scorer = SimpleNamespace(name="broken")
+    scores = {"a": torch.ones(2, 3)}
+    assert torch.equal(_checked_scores(scorer, scores, {"a": (2, 3)})["a"], scores["a"])
+    scores["a"][1, 2] = bad
+    with pytest.raises(ValueError, match="broken.*a scores are not all finite"):
+        _checked_scores(scorer, scores, {"a": (2, 3)})
+    heads = torch.zeros(2, 4)
+    heads[0, 0] = float("inf")  # a head score may pin a unit; NaN never ranks
+    assert _checked_scores(scorer, heads, (2, 4))[0, 0] == float("inf")
+    heads[1, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        _checked_scores(scorer, heads, (2, 4))
