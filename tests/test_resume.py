@@ -122,3 +122,29 @@ def test_ray_executor_gives_the_same_rows_as_the_local_one(tiny_model_dir, tmp_p
         ray.shutdown()
     pd.testing.assert_frame_equal(comparable(rows(tmp_path / "ray")), comparable(rows(tmp_path / "local")))
     assert len(list((tmp_path / "cache" / "models").glob("*.safetensors"))) == 2  # workers wrote the shared cache
+
+
+def test_the_same_weights_installed_elsewhere_resume_the_grid(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Like the ``minilm`` alias resolving into a new venv: same name and bytes, new folder and file times."""
+    import shutil
+
+    from harness.cache import fingerprint_folder
+
+    model = tiny_model_dir("bert")
+    elsewhere = tmp_path / "other-venv" / model.name
+    shutil.copytree(model, elsewhere, copy_function=shutil.copyfile)
+    for file in elsewhere.iterdir():
+        os.utime(file, ns=(1, 1))
+    assert fingerprint_folder(str(elsewhere)) == fingerprint_folder(str(model))
+    grid = [*GRID, "--seeds", "0", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    monkeypatch.chdir(model.parent)
+    assert main(["bench", "--models", model.name, *grid]) == 0
+    first = rows(tmp_path / "out")
+    capsys.readouterr()
+    monkeypatch.chdir(elsewhere.parent)
+    assert main(["bench", "--models", model.name, *grid]) == 0
+    assert f"0 ok, 0 failed, {len(first)} already done" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(rows(tmp_path / "out"), first)
+    changed = elsewhere / "config.json"
+    changed.write_text(changed.read_text().replace("}", ', "note": 1}', 1))
+    assert fingerprint_folder(str(elsewhere)) != fingerprint_folder(str(model))
