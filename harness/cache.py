@@ -10,7 +10,6 @@ leaves a half-written entry.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import atomic
+from harness.models import sha256_of
 
 if TYPE_CHECKING:
     import torch
@@ -55,19 +55,8 @@ def fingerprint_folder(location: str) -> str:
     folder = Path(location)
     if not folder.is_dir():
         return location
-    files = sorted((p.name, _file_digest(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns))
-                   for p in folder.iterdir() if p.is_file())
+    files = sorted((p.name, sha256_of(p)) for p in folder.iterdir() if p.is_file())
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=256)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file, once per process per (path, size, mtime): MiniLM's 90 MB take ~0.1 s."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Cache:
