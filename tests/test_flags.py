@@ -128,3 +128,5 @@ def test_overflowing_perplexity_is_infinite_and_flagged(monkeypatch, tmp_path: P
 
     monkeypatch.setattr(modeling, "token_losses", lambda model, batch: (torch.tensor([800.0]), torch.tensor([1])))
     assert feeds.perplexity(torch.nn.Linear(1, 1), [object()]) == float("inf")
+    blocks = feeds.Blocks(task((0,) * 4, "causal-lm"), tiny_tokenizer(tmp_path / "tok"))
+    assert blocks.quality(torch.nn.Linear(1, 1), [object()]) == feeds.Quality(float("inf"), ("non-finite-perplexity",))
