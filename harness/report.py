@@ -56,11 +56,35 @@ def _figure(group: Any, path: Path, title: str, xlabel: str) -> Iterator[Any]:
         ax.set_ylabel(_axis_label(group))
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        _legend(fig, ax)
         fig.tight_layout()
         fig.savefig(path)
     finally:
         plt.close(fig)
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def method_styles(methods: Any) -> dict[str, dict[str, str]]:
+    """Colour, marker and line style per method: the colour cycle has ten entries, so a grid of every built-in
+    method (21 curves) would repeat colours; the marker and line style change with each pass through the cycle."""
+    styles = {}
+    for i, method in enumerate(sorted(set(methods))):
+        turn = i // 10
+        styles[method] = {"color": f"C{i % 10}", "marker": MARKERS[turn % len(MARKERS)],
+                          "linestyle": LINESTYLES[turn % len(LINESTYLES)]}
+    return styles
+
+
+def _legend(fig: Any, ax: Any) -> None:
+    """Beside the axes once there are more than ten curves, where it would otherwise cover the data."""
+    if len(ax.get_legend_handles_labels()[1]) <= 11:
+        ax.legend(fontsize=7, ncol=2)
+        return
+    fig.set_size_inches(11, 5)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def _split(group: Any) -> tuple[Any, Any]:
@@ -73,11 +97,12 @@ def _split(group: Any) -> tuple[Any, Any]:
 def plot_sparsity(group: Any, path: Path, title: str) -> None:
     """Metric vs sparsity with error bars over seeds; dense as a horizontal line with its band."""
     dense, pruned = _split(group)
+    styles = method_styles(pruned["method"])
     with _figure(group, path, title, "sparsity (fraction removed)") as ax:
         for method, rows in pruned.groupby("method", sort=True):
             rows = rows.sort_values("sparsity")
-            ax.errorbar(rows["sparsity"], rows["score_mean"], yerr=rows["score_sd"].fillna(0), marker="o",
-                        capsize=3, label=method)
+            ax.errorbar(rows["sparsity"], rows["score_mean"], yerr=rows["score_sd"].fillna(0), capsize=3, label=method,
+                        **styles[method])
         if not dense.empty:
             mean, sd = float(dense["score_mean"].iloc[0]), float(dense["score_sd"].fillna(0).iloc[0])
             ax.axhline(mean, color="black", linestyle="--", label="dense")
@@ -91,10 +116,11 @@ def plot_speedup(group: Any, path: Path, title: str) -> None:
         if not dense.empty:
             ax.errorbar([1.0], dense["score_mean"], yerr=dense["score_sd"].fillna(0), marker="s", color="black",
                         capsize=3, linestyle="none", label="dense")
+        styles = method_styles(pruned["method"])
         for method, rows in pruned.groupby("method", sort=True):
             rows = rows.sort_values("speedup_mean")
             ax.errorbar(rows["speedup_mean"], rows["score_mean"], xerr=rows["speedup_sd"].fillna(0),
-                        yerr=rows["score_sd"].fillna(0), marker="o", capsize=3, label=method)
+                        yerr=rows["score_sd"].fillna(0), capsize=3, label=method, **styles[method])
         ax.axvline(1.0, color="grey", linewidth=0.8)
 
 

@@ -61,6 +61,34 @@ def test_report_on_a_real_leaderboard(tmp_path):
     assert len(list((tmp_path / "r").glob("*.png"))) == 2
 
 
+def test_every_curve_of_a_21_method_plot_has_its_own_style(tmp_path, monkeypatch):
+    """Ten colours cycle: past ten methods the marker and line style tell curves apart, the same in both plots."""
+    import matplotlib.pyplot as plt
+
+    from harness import report
+
+    rows = [{"scorer": "none", "pruner": "none", "sparsity": 0.0, "score_mean": 0.9, "score_sd": 0.01,
+             "speedup_mean": 1.0, "speedup_sd": 0.0, "metric": "accuracy"}]
+    for i, sparsity in itertools.product(range(21), (0.25, 0.5)):
+        rows.append({"scorer": f"s{i:02d}", "pruner": "p", "sparsity": sparsity, "score_mean": 0.8 - i / 100,
+                     "score_sd": 0.01, "speedup_mean": 1 + sparsity, "speedup_sd": 0.0, "metric": "accuracy"})
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    report.plot_sparsity(pd.DataFrame(rows), tmp_path / "a.png", "t")
+    report.plot_speedup(pd.DataFrame(rows), tmp_path / "b.png", "t")
+    seen = []
+    for figure in figures:
+        ax = figure.axes[0]
+        curves = {c.get_label(): c.lines[0] for c in ax.containers if c.get_label() != "dense"}
+        assert len(curves) == 21
+        seen.append({k: (line.get_color(), line.get_marker(), line.get_linestyle()) for k, line in curves.items()})
+        assert len(set(seen[-1].values())) == 21
+        assert list(figure.get_size_inches()) == [11, 5]  # the 22-entry legend sits beside the axes
+    assert seen[0] == seen[1]
+    styles = report.method_styles([f"m{i}" for i in range(70)])
+    assert len({tuple(s.values()) for s in styles.values()}) == 70
+
+
 def test_report_without_a_leaderboard_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
