@@ -2,8 +2,9 @@
 
 Recovery trains a pruned model again with an adapter (full fine-tuning or a LoRA
 variant, merged). Sparsity must survive it: a physically pruned model stays
-small by construction, and masked weights are masked again after training,
-because training (or merging a low-rank update) makes zeros dense.
+small by construction; masked weights are held at zero after every optimizer
+step (so the kept weights learn to do without them) and masked again at the
+end, because merging a low-rank update makes zeros dense.
 """
 
 from __future__ import annotations
@@ -90,12 +91,14 @@ def recover(unit: Unit, model: nn.Module, pruner: Pruner, keep: Any) -> tuple[nn
     stream = unit.feed.stream(c.recover_steps, c.batch_size, unit.seed + 1)
     options = options_for(adapter, unit.plan.overrides)
     request = TrainRequest(model, stream, c.recover_steps, c.learning_rate, unit.seed, options)
+    masks = {name: mask.bool() for name, mask in keep.items()} if pruner.granularity == "weight" else {}
     start = time.perf_counter()
-    result = adapter.train(request)
+    with surgery.hold_weight_masks(model, masks):
+        result = adapter.train(request)
     seconds = time.perf_counter() - start
     recovered = result.model.eval()
-    if pruner.granularity == "weight":
-        surgery.apply_weight_masks(recovered, {name: mask.bool() for name, mask in keep.items()})
+    if masks:  # a merged low-rank update is dense: mask once more
+        surgery.apply_weight_masks(recovered, masks)
     extras = {"recovery/train_s": seconds, "recovery/trainable_params": float(result.trainable_params),
               "recovery/final_loss": float(result.final_loss)}
     return recovered, extras, training_flags(trained_loss(result), unit.data, "recovery")

@@ -6,7 +6,10 @@ import json
 
 import pandas as pd
 import pytest
+import torch
+from conftest import batch_for, tiny_model
 
+from harness import modeling, surgery
 from harness.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,3 +54,76 @@ def test_lora_unit_writes_spectra_and_rank_columns(tiny_model_dir, tmp_path):
     nonzero = spectra[spectra["normalised"] > 1e-5].groupby("module").size()
     assert (nonzero <= 4).all(), "a rank-4 update has at most 4 nonzero singular values"
     assert next((out / "spectra").glob("*-spectra.png")).stat().st_size > 10_000
+
+
+def _masked_attention(seed: int = 0) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    model = tiny_model()
+    modules = dict(model.named_modules())
+    generator = torch.Generator().manual_seed(seed)
+    masks = {n: torch.rand(modules[n].weight.shape, generator=generator) > 0.5
+             for n in surgery.target_modules(model, "attention")}
+    return surgery.apply_weight_masks(model, masks), masks
+
+
+def _steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, count: int) -> None:
+    model.train()
+    for step in range(count):
+        modeling.per_example_loss(model, batch_for(model, seed=step)).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+                                  lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9)], ids=["adamw", "sgd"])
+def test_held_masks_keep_zeros_through_any_optimizer_and_release_on_exit(make):
+    model, masks = _masked_attention()
+    modules = dict(model.named_modules())
+    before = {n: modules[n].weight.detach().clone() for n in masks}
+    optimizer = make(model.parameters())
+    with surgery.hold_weight_masks(model, masks):
+        _steps(model, optimizer, 3)
+        for name, mask in masks.items():
+            weight = modules[name].weight.detach()
+            assert not weight[~mask].any(), f"{name}: a pruned weight moved"
+            assert not torch.equal(weight[mask], before[name][mask]), f"{name}: kept weights did not train"
+    _steps(model, optimizer, 1)
+    moved = sum(int(modules[n].weight.detach()[~m].count_nonzero()) for n, m in masks.items())
+    assert moved > 0, "the hook outlived its context"
+
+
+def test_held_masks_leave_frozen_weights_alone_and_check_every_mask_first():
+    model, masks = _masked_attention()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    with surgery.hold_weight_masks(model, masks):
+        pass
+    name = next(iter(masks))
+    with pytest.raises(ValueError, match="shape"):
+        with surgery.hold_weight_masks(model, {**masks, name: torch.ones(3, 3, dtype=torch.bool)}):
+            pass
+
+
+def test_full_fine_tuning_recovery_trains_the_sparse_model(tiny_model_dir, tmp_path, monkeypatch):
+    """Pruned weights stay zero during recovery itself, not only after the final re-mask."""
+    stray: list[int] = []
+    apply = surgery.apply_weight_masks
+
+    def spy(model, masks):
+        modules = dict(model.named_modules())
+        stray.append(sum(int(modules[n].weight.detach()[~m].count_nonzero()) for n, m in masks.items()))
+        return apply(model, masks)
+
+    monkeypatch.setattr(surgery, "apply_weight_masks", spy)
+    out = tmp_path / "out"
+    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--out", str(out), *FAST,
+            "--plugins", "magnitude,global-unstructured,finetune", "--recover", "finetune", "--recover-steps", "4"]
+    assert main(argv) == 0
+    frame = pd.read_csv(out / "leaderboard.csv", keep_default_na=False)
+    assert len(frame) == 3 and (frame["status"] == "ok").all()
+    # pruning the plain cell, pruning the cell to recover, masking again after its recovery
+    assert len(stray) == 3 and stray[0] == stray[1] > 0, "pruning zeroes weights that were not zero"
+    assert stray[2] == 0, "recovery moved pruned weights"
+    before, after = (frame[(frame["pruner"] != "none") & (frame["recovery"] == r)].iloc[0] for r in ("", "finetune"))
+    assert after["achieved_sparsity"] == pytest.approx(before["achieved_sparsity"], abs=1e-9) == pytest.approx(0.5)
+    assert after["trainable_params"] == after["params"]
+    assert json.loads(after["extras"])["recovery/final_loss"] > 0

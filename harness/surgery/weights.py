@@ -8,7 +8,8 @@ Embeddings, the pooler and the classifier are never targets.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from harness.surgery.common import get
 from harness.surgery.heads import _layers, layout_of
@@ -64,6 +65,17 @@ def target_modules(model: nn.Module, spec: str | tuple[str, ...] = "linear") -> 
     return tuple(found)
 
 
+def _masked_modules(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, nn.Module]:
+    """The module behind every mask, after checking all of them (nothing is touched on a bad one)."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        if name not in modules or not hasattr(modules[name], "weight"):
+            raise ValueError(f"no module {name!r} with a weight to mask")
+        if tuple(mask.shape) != tuple(modules[name].weight.shape):
+            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight {tuple(modules[name].weight.shape)}")
+    return {name: modules[name] for name in masks}
+
+
 def apply_weight_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     """Zero weights where a mask is false, permanently; in place.
 
@@ -72,17 +84,39 @@ def apply_weight_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> n
     """
     from torch.nn.utils import prune
 
-    modules = dict(model.named_modules())
-    for name, mask in masks.items():  # check all before touching any
-        if name not in modules or not hasattr(modules[name], "weight"):
-            raise ValueError(f"no module {name!r} with a weight to mask")
-        if tuple(mask.shape) != tuple(modules[name].weight.shape):
-            raise ValueError(f"mask for {name} has shape {tuple(mask.shape)}, weight {tuple(modules[name].weight.shape)}")
-    for name, mask in masks.items():
-        module = modules[name]
-        prune.custom_from_mask(module, "weight", mask.to(module.weight.device, module.weight.dtype))
+    for name, module in _masked_modules(model, masks).items():
+        prune.custom_from_mask(module, "weight", masks[name].to(module.weight.device, module.weight.dtype))
         prune.remove(module, "weight")
     return model
+
+
+@contextmanager
+def hold_weight_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Keep pruned weights at zero through training: re-mask after every optimizer step.
+
+    Training a masked model without this moves the zeros, and masking only at the
+    end throws away what the kept weights learned to compensate for them. A hook
+    on every ``Optimizer.step`` (not a reparametrisation) leaves the modules as
+    they are, so it works with any optimizer and with adapters that wrap or
+    merge into the weights (PEFT); a frozen weight is simply never moved.
+    """
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    held = [(module.weight, masks[name].to(module.weight.device, torch.bool))
+            for name, module in _masked_modules(model, masks).items()]
+
+    def remask(*_: object) -> None:
+        with torch.no_grad():
+            for weight, mask in held:
+                weight.masked_fill_(~mask, 0)
+
+    remask()
+    handle = register_optimizer_step_post_hook(remask)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def count_nonzero(model: nn.Module, names: tuple[str, ...]) -> tuple[int, int]:
