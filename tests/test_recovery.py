@@ -92,11 +92,17 @@ def test_held_masks_keep_zeros_through_any_optimizer_and_release_on_exit(make):
 
 
 def test_held_masks_leave_frozen_weights_alone_and_check_every_mask_first():
+    """Like LoRA's base: masked weights frozen while other parameters train under the hook."""
     model, masks = _masked_attention()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+    modules = dict(model.named_modules())
+    before = {n: modules[n].weight.detach().clone() for n in masks}
+    head = model.classifier.weight.detach().clone()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("classifier"))
     with surgery.hold_weight_masks(model, masks):
-        pass
+        _steps(model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2), 2)
+    assert all(torch.equal(modules[n].weight, before[n]) for n in masks)
+    assert not torch.equal(model.classifier.weight, head), "the trainable parameters trained"
     name = next(iter(masks))
     with pytest.raises(ValueError, match="shape"):
         with surgery.hold_weight_masks(model, {**masks, name: torch.ones(3, 3, dtype=torch.bool)}):
