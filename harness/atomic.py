@@ -72,3 +72,21 @@ def sweep(folder: Path, min_age_s: float = 0.0) -> list[Path]:
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a user-given name: no separators, no ``..``, no leading dot."""
+    cleaned = _UNSAFE.sub("-", str(text)).replace("..", "-").strip(".-")
+    return cleaned or "unnamed"
+
+
+def confined(root: Path | str, *names: str) -> Path:
+    """``root/name/...`` with each name made a slug, checked to stay inside ``root``."""
+    base = Path(root).resolve()
+    path = base.joinpath(*(slug(name) for name in names)).resolve()
+    if base != path and base not in path.parents:
+        raise ValueError(f"{path} is outside {base}")
+    return path

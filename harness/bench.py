@@ -7,6 +7,7 @@ to the leaderboard as soon as it exists; a failing plugin costs only its cells.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -63,6 +64,8 @@ class BenchConfig:
     retries: int = 2  # Ray retries of a unit whose worker died
     recover: str | None = None  # an adapter that trains every pruned model again (rows with and without)
     recover_steps: int = 200
+    isolation: str = "process"  # "process": each unit in a child process (crashes and hangs cost cells); "none"
+    cell_timeout: float = 3600.0  # seconds one step (fine-tune, scoring pass, cell) may take; 0: no limit
 
 
 @dataclass
@@ -77,6 +80,27 @@ class Plan:
     sparsities: list[float]
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     recovery: Adapter | None = None
+    code: dict[str, str] = field(default_factory=dict)  # record -> code identity, see code_of
+
+    def code_of(self, record: Any) -> str:
+        """The code identity of a plugin record (:func:`harness.identity.of`), computed once per plan.
+
+        Kept in the plan so a child process, which gets the records without their
+        task loaders, computes the same run ids as the parent.
+        """
+        from harness import identity
+
+        if record is None:
+            return ""
+        key = f"{type(record).__name__}:{record.name}"
+        if key not in self.code:
+            self.code[key] = identity.of(record)
+        return self.code[key]
+
+    def all_code(self) -> None:
+        """Every record's code identity, computed now (before the plan is shipped)."""
+        for record in [*(t for t, _ in self.tasks), *self.adapters, self.recovery, *(r for m in self.methods for r in m)]:
+            self.code_of(record)
 
     def recoveries(self) -> tuple[bool, ...]:
         """Each pruned cell without recovery, and with it when ``--recover`` names an adapter."""
@@ -101,14 +125,14 @@ def _select(registry: Registry, names: Sequence[str]) -> dict[str, list[Any]]:
     chosen: dict[str, list[Any]] = {role: [] for role in roles}
     if list(names) not in (["all"], []):
         for name in names:
-            matches = [role for role in roles if name in registry.by_role[role]]
+            matches = [role for role in roles if registry.has(role, name)]
             if not matches:
-                hint = " (it is a task: use --tasks)" if name in registry.by_role["task"] else ""
+                hint = " (it is a task: use --tasks)" if registry.has("task", name) else ""
                 known = ", ".join(sorted({n for r in roles for n in registry.names(r)}))
                 raise UsageError(f"unknown plugin {name!r}{hint} (known: {known})")
             chosen[matches[0]].append(registry.get(matches[0], name))
     chosen["named"] = [role for role in roles if chosen[role]]
-    if not chosen["adapter"] and list(names) != ["all"] and DEFAULT_ADAPTER in registry.by_role["adapter"]:
+    if not chosen["adapter"] and list(names) != ["all"] and registry.has("adapter", DEFAULT_ADAPTER):
         chosen["adapter"] = [registry.get("adapter", DEFAULT_ADAPTER)]
     for role in roles:
         if not chosen[role]:
@@ -229,15 +253,54 @@ def _check_model_kinds(models: list[ModelSource], tasks: list[tuple[Task, TaskDa
                              f"({config.model_type}) is not a causal LM; give a decoder such as GPT-2 or LLaMA")
 
 
-def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict[str, Any]]) -> Plan:
-    """Validate the whole grid up front (plugins, models, task data) so bad input costs nothing."""
+def _check_grid(config: BenchConfig) -> None:
+    """Seeds and sparsities: at least one seed, none given twice (a repeat would only duplicate rows)."""
     if not config.seeds:
         raise UsageError("give at least one seed")
+    for what, values in (("seed", config.seeds), ("sparsity", config.sparsities)):
+        repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if repeated is not None:
+            raise UsageError(f"{what} {repeated:g} is given twice")
+    for seed in config.seeds:
+        if seed < 0:
+            raise UsageError(f"seed {seed} is negative (numpy's seeded generators take seeds >= 0)")
     for s in config.sparsities:
         if not 0.0 <= s < 1.0:
             raise UsageError(f"sparsity {s} is outside [0, 1)")
-    if (config.train_steps or 0) < 0 or config.batch_size < 1 or config.calib_examples < 1:
-        raise UsageError("--train-steps must be >= 0, --batch-size and --calib-examples >= 1")
+
+
+def _check_numbers(config: BenchConfig) -> None:
+    """Every numeric flag in its range before anything loads: out of range, it would fail (or mislead) mid-grid."""
+    at_least = {
+        "--train-steps": (config.train_steps, 0), "--batch-size": (config.batch_size, 1),
+        "--calib-examples": (config.calib_examples, 1), "--latency-batch": (config.latency_batch, 1),
+        "--latency-tokens": (config.latency_tokens, 1), "--eval-limit": (config.eval_limit, 1),
+        "--retries": (config.retries, 0), "--recover-steps": (config.recover_steps, 1),
+        "--cell-timeout": (config.cell_timeout, 0),
+    }
+    for flag, (value, low) in at_least.items():
+        if value is not None and not value >= low:  # `not >=` also refuses NaN
+            raise UsageError(f"{flag} must be >= {low}, not {value:g}")
+    for flag, number in (("--lr", config.learning_rate), ("--cpus-per-task", config.cpus_per_task)):
+        if not (math.isfinite(number) and number > 0):
+            raise UsageError(f"{flag} must be a finite number > 0, not {number:g}")
+
+
+def _check_batch_size(config: BenchConfig, tasks: list[tuple[Task, TaskData]]) -> None:
+    """A training batch larger than a classification task's training split would repeat examples within it.
+
+    (A causal-LM task's split is cut into token blocks only once a tokenizer is loaded: not checked here.)
+    """
+    for task, data in tasks:
+        if data.kind == "classification" and config.batch_size > len(data.train):
+            raise UsageError(f"--batch-size {config.batch_size} is larger than the training split of task "
+                             f"{task.name} ({len(data.train)} examples)")
+
+
+def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict[str, Any]]) -> Plan:
+    """Validate the whole grid up front (numbers, plugins, models, task data) so bad input costs nothing."""
+    _check_grid(config)
+    _check_numbers(config)
     if config.tensorboard is not None:
         tracking.check_available()
     try:
@@ -249,11 +312,10 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
     if config.baselines:
         methods = _with_baselines(methods, registry)
     tasks = _load_tasks(config, registry, overrides)
+    _check_batch_size(config, tasks)
     models = resolve_all(config.models)
     _check_model_kinds(models, tasks)
     sparsities = sorted({s for s in config.sparsities if s > 0})
     _check_head_budgets(config, models, methods, sparsities, overrides)
     recovery = registry.get("adapter", config.recover) if config.recover else None
-    if config.recover_steps < 1:
-        raise UsageError("--recover-steps must be >= 1")
     return Plan(config, models, tasks, chosen["adapter"], methods, sparsities, overrides, recovery)

@@ -1,11 +1,15 @@
-"""On-disk cache of fine-tuned models and importance scores, keyed by content hash.
+"""On-disk cache of fine-tuned models and importance scores, keyed by content hash, verified on every read.
 
 A grid re-run (or a resume after a crash) must not pay again for what it
 already computed: each fine-tuned base and each scoring pass is stored as
 safetensors under a key that hashes everything that determines it (model
-fingerprint, task data, plugin options, seed, budget, library versions).
-Writes go to a temporary file renamed into place, so a killed run never
-leaves a half-written entry.
+fingerprint, task data, plugin options and code, seed, budget, library
+versions). Writes go to a temporary file renamed into place, so a killed run
+never leaves a half-written entry. Every entry carries a sha256 of its tensors
+and metadata: an entry that does not match (a flipped bit, a truncated copy, an
+edited tensor) is never used: it is reported, removed and recomputed. A cache
+that cannot be written (read-only, disk full) costs only the reuse: the run goes
+on from memory with a warning.
 """
 
 from __future__ import annotations
@@ -13,16 +17,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import atomic
+from harness import atomic, identity
 from harness.models import sha256_of
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+META_KEY = "harness"
+CHECKSUM_KEY = "harness_sha256"
 
 
 def default_root() -> Path:
@@ -34,13 +42,18 @@ def default_root() -> Path:
 
 
 def digest(parts: Any) -> str:
-    """A stable content hash of JSON-able parts, with the versions of the libraries that compute results."""
+    """A stable content hash of JSON-able parts, with the library versions and the harness's own code.
+
+    Plugins' code identities are part of ``parts`` (see :mod:`harness.identity`):
+    a changed line of the harness or of a plugin gives new keys, never a stale hit.
+    """
     import torch
     import transformers
 
     from harness import __version__
 
-    versions = {"harness": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    versions = {"harness": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                "harness_code": identity.core_code()}
     blob = json.dumps({"parts": parts, "versions": versions}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -59,6 +72,27 @@ def fingerprint_folder(location: str) -> str:
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 
+def checksum(tensors: dict[str, torch.Tensor], meta_text: str) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (by name) and the metadata text."""
+    import torch
+
+    h = hashlib.sha256(meta_text.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        h.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        if tensor.numel():
+            h.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+class CorruptEntry(Exception):
+    """A cache entry that cannot be read or does not match its checksum."""
+
+
+def warn(message: str) -> None:
+    print(f"harness: warning: {message}", file=sys.stderr, flush=True)
+
+
 class Cache:
     """Fine-tuned models and scores by key; ``root=None`` disables it (every lookup misses)."""
 
@@ -67,51 +101,96 @@ class Cache:
         self.counts: Counter[str] = Counter()
         if root is not None and root.is_dir():  # shared between machines maybe: only hour-old leftovers go
             for folder in root.iterdir():
-                atomic.sweep(folder, min_age_s=3600)
+                try:
+                    atomic.sweep(folder, min_age_s=3600)
+                except OSError:  # a read-only cache: nothing to clean, nothing will be written
+                    pass
 
-    def _path(self, kind: str, key: str, suffix: str = "") -> Path:
+    def path(self, kind: str, key: str) -> Path:
         assert self.root is not None
-        return self.root / kind / f"{key}{suffix}.safetensors"
+        return self.root / kind / f"{key}.safetensors"
 
-    def _meta(self, path: Path) -> dict[str, Any]:
+    def _read(self, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The entry's tensors and metadata, after checking its checksum; :class:`CorruptEntry` otherwise."""
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as handle:
-            return json.loads((handle.metadata() or {}).get("harness", "{}"))
-
-    def load_model(self, key: str, model: nn.Module) -> dict[str, Any] | None:
-        """Load cached weights into ``model`` (same architecture); their metadata, or None on a miss."""
-        from safetensors.torch import load_model
-
-        path = self._path("models", key) if self.root else None
-        if path is None or not path.exists():
-            self.counts["models_missed"] += 1
-            return None
-        load_model(model, str(path), strict=True)
-        self.counts["models_hit"] += 1
-        return self._meta(path)
-
-    def save_model(self, key: str, model: nn.Module, meta: dict[str, Any]) -> None:
-        from safetensors.torch import save_model
-
-        if self.root is not None:
-            metadata = {"harness": json.dumps(meta)}
-            atomic.write(self._path("models", key), lambda tmp: save_model(model, str(tmp), metadata=metadata))
+        try:
+            with safe_open(str(path), "pt") as handle:
+                header = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            meta_text = header[META_KEY]
+            meta = json.loads(meta_text)
+        except Exception as error:  # truncated file, bad header, missing metadata: all mean "recompute"
+            raise CorruptEntry(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+        if header.get(CHECKSUM_KEY) != checksum(tensors, meta_text):
+            raise CorruptEntry("its content does not match its checksum" if CHECKSUM_KEY in header
+                               else "it has no checksum (written by an older harness)")
+        return tensors, meta
 
     def load_tensors(self, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        from safetensors.torch import load_file
-
-        path = self._path(kind, key) if self.root else None
+        """A verified entry, or None (a miss, or a corrupt entry, which is reported and removed)."""
+        path = self.path(kind, key) if self.root else None
         if path is None or not path.exists():
             self.counts[f"{kind}_missed"] += 1
             return None
+        try:
+            found = self._read(path)
+        except CorruptEntry as error:
+            self.discard(path, str(error))
+            self.counts[f"{kind}_missed"] += 1
+            return None
         self.counts[f"{kind}_hit"] += 1
-        return load_file(str(path)), self._meta(path)
+        return found
+
+    def discard(self, path: Path, why: str) -> None:
+        """Report a bad entry and remove it, so it is recomputed and never read again."""
+        self.counts["corrupt_entries"] += 1
+        warn(f"cache entry {path} is not usable ({why}): recomputing it")
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def save_tensors(self, kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Store an entry with its checksum; a write that fails is a warning: the run carries on from memory."""
         from safetensors.torch import save_file
 
-        if self.root is not None:
-            plain = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-            metadata = {"harness": json.dumps(meta)}
-            atomic.write(self._path(kind, key), lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+        if self.root is None:
+            return
+        plain = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+        meta_text = json.dumps(meta)
+        metadata = {META_KEY: meta_text, CHECKSUM_KEY: checksum(plain, meta_text)}
+        path = self.path(kind, key)
+        try:
+            atomic.write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+        except OSError as error:
+            self.counts["cache_write_failed"] += 1
+            warn(f"cannot write cache entry {path} ({type(error).__name__}: {error}); carrying on without it")
+
+    def load_model(self, key: str, model: nn.Module) -> dict[str, Any] | None:
+        """Load a verified cached state into ``model`` (same architecture); its metadata, or None on a miss."""
+        found = self.load_tensors("models", key)
+        if found is None:
+            return None
+        state, meta = found
+        try:
+            model.load_state_dict(state, strict=True)
+        except Exception as error:  # right checksum, wrong architecture: a key collision or a foreign file
+            self.counts["models_hit"] -= 1
+            self.discard(self.path("models", key), f"{type(error).__name__}: {str(error).splitlines()[0]}")
+            return None
+        return meta
+
+    def save_model(self, key: str, model: nn.Module, meta: dict[str, Any]) -> None:
+        self.save_tensors("models", key, untied(model.state_dict()), meta)
+
+
+def untied(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Copies of tensors that share storage (tied weights), which safetensors refuses to save twice."""
+    seen: set[int] = set()
+    plain = {}
+    for name, tensor in tensors.items():
+        pointer = tensor.untyped_storage().data_ptr()
+        plain[name] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
+    return plain

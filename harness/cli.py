@@ -72,6 +72,12 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     add("--recover", default=None, metavar="ADAPTER",
         help="train every pruned model again with this adapter (e.g. finetune, lora); rows before and after")
     add("--recover-steps", type=int, default=d.recover_steps, help="training steps of the recovery")
+    add("--isolation", choices=("process", "none"), default=d.isolation,
+        help="'process' (default): run each unit in a child process, so a plugin that crashes, exits or hangs "
+        "costs only its cells; 'none': in this process (plugins registered from Python that cannot be pickled)")
+    add("--cell-timeout", type=float, default=d.cell_timeout, metavar="SECONDS",
+        help=f"longest a fine-tune, scoring pass or cell may run before it is stopped and its cells fail "
+        f"(default {d.cell_timeout:g}; 0: no limit; needs --isolation process)")
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -118,7 +124,21 @@ def _config(args: argparse.Namespace) -> object:
         retries=args.retries,
         recover=args.recover,
         recover_steps=args.recover_steps,
+        isolation=args.isolation,
+        cell_timeout=args.cell_timeout,
     )
+
+
+def _check_output(out: Path) -> None:
+    """Before any work: ``--out`` can be written and its leaderboard read (it is never overwritten if not)."""
+    from harness import atomic, leaderboard
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out / ".write-test", "").unlink()
+    except OSError as error:
+        raise UsageError(f"--out {out} cannot be written ({error.strerror or error})") from None
+    leaderboard.read(out / "leaderboard.csv")
 
 
 def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
@@ -130,6 +150,7 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
     config = _config(args)
     registry = load_registry(extra)
     plan = make_plan(config, registry, parse_options(config.options, registry))
+    _check_output(Path(config.out))
     provenance.record(Path(config.out), args.argv)
     print(f"harness: {plan.total_cells()} cells -> {Path(config.out) / 'leaderboard.csv'}", file=sys.stderr)
     rows = execute(plan, progress=not args.no_progress)
@@ -140,7 +161,8 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
     counts = rows.attrs.get("counts", {})
     print(f"{len(rows) - len(failed)} ok, {len(failed)} failed, {counts.get('cells_skipped', 0)} already done; "
           f"fine-tunes run {counts.get('fine_tunes_run', 0)} (cached {counts.get('models_hit', 0)}), "
-          f"scoring passes run {counts.get('scoring_runs', 0)} (cached {counts.get('scores_hit', 0)})")
+          f"scoring passes run {counts.get('scoring_runs', 0)} (cached {counts.get('scores_hit', 0)})"
+          + (f"; corrupt cache entries recomputed {counts['corrupt_entries']}" if counts.get("corrupt_entries") else ""))
     print(f"leaderboard: {Path(config.out) / 'leaderboard.csv'}; over seeds: {Path(config.out) / 'leaderboard_seeds.csv'}")
     flagged = leaderboard.flag_counts(everything)
     if flagged:
@@ -151,14 +173,16 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
 
 
 def cmd_list(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
+    """One line per record; a name two distributions register shows as ``DIST:NAME``, what selects it."""
     from harness.plugins import load_registry
 
-    items = list(load_registry(extra))
-    width = max((len(i.record.name) for i in items), default=4)
+    registry = load_registry(extra)
+    rows = [(item, registry.label(item)) for item in registry]
+    width = max((len(label) for _, label in rows), default=4)
     print(f"{'role':8} {'name':{width}} {'unit':7} distribution")
-    for item in items:
+    for item, label in rows:
         unit = getattr(item.record, "granularity", "-")
-        print(f"{item.role:8} {item.record.name:{width}} {unit:7} {item.dist}")
+        print(f"{item.role:8} {label:{width}} {unit:7} {item.dist}")
     return 0
 
 
@@ -179,6 +203,10 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[object] = ()) -> int
         return command(args, extra)
     except UsageError as error:
         print(f"harness: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # disk full or a folder made read-only mid-run: rows written so far stay
+        where = f" {error.filename}" if error.filename else ""
+        print(f"harness: error: cannot write{where}: {error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted; finished rows are in the leaderboard", file=sys.stderr)

@@ -71,10 +71,17 @@ def tiny_batches(count: int = 2, size: int = 4, tokens: int = 6, seed: int = 0) 
 
 def _check_common(record: Any) -> None:
     assert record.name and record.name == record.name.strip(), "a plugin needs a non-empty name"
-    assert not set(record.name) & set(" ,.="), "names must be usable on the command line and in -o NAME.KEY=VALUE"
+    assert not set(record.name) & set(" ,.=:"), "names must be usable on the command line, in -o NAME.KEY=VALUE " \
+        "and qualified as DIST:NAME"
     assert all(isinstance(k, str) and "." not in k for k in record.options), "option keys are plain strings"
     for key, allowed in record.choices.items():
         assert record.options.get(key) in allowed, f"option {key}: its default must be one of its choices"
+    for key, (low, high) in getattr(record, "ranges", {}).items():
+        default = record.options.get(key)
+        assert isinstance(default, (int, float)) and not isinstance(default, bool), f"option {key}: a range needs a number"
+        assert low is None or high is None or low <= high, f"option {key}: its range is empty"
+        assert (low is None or default >= low) and (high is None or default <= high), \
+            f"option {key}: its default {default} is outside its range"
 
 
 def _score_request(scorer: Scorer, model: nn.Module) -> ScoreRequest:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Sized
 
@@ -14,10 +16,19 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 _FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+TASK_FILE_FIELDS = (
+    "name", "kind", "train", "validation", "validation_fraction", "split_seed", "text_columns", "label_column",
+    "label_names", "metric", "max_length", "column_names", "train_steps",
+)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def read_rows(path: Path, column_names: Sequence[str] | None = None) -> Any:
-    """A local CSV/TSV/JSON(L) file as a ``datasets.Dataset``; TSV is read without quoting."""
+    """A local CSV/TSV/JSON(L) file as a ``datasets.Dataset``; TSV is read without quoting.
+
+    ``datasets`` keeps an Arrow copy of every file it reads: it goes under the
+    harness cache (``$HARNESS_CACHE/datasets``), not ``~/.cache/huggingface``.
+    """
     if not path.is_file():
         raise UsageError(f"data file not found: {path}")
     builder = _FORMATS.get(path.suffix.lower())
@@ -30,10 +41,13 @@ def read_rows(path: Path, column_names: Sequence[str] | None = None) -> Any:
         kwargs.update(header=None, names=list(column_names))
     import datasets
 
+    from harness.cache import default_root
+
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    cache = default_root() / "datasets"  # Arrow copies of the user's files belong with the harness's cache
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=str(cache), **kwargs)
     except Exception as error:  # datasets wraps parser errors in several types
         raise UsageError(f"{path}: cannot read ({type(error).__name__}: {str(error).splitlines()[0]})") from None
 
@@ -131,6 +145,25 @@ def _yaml_without_booleans(text: str) -> Any:
     return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+def _check_fields(path: Path, spec: Mapping[Any, Any]) -> None:
+    """A misspelled field (``metrc``) would silently fall back to its default: name it and the closest field."""
+    for key in spec:
+        if key not in TASK_FILE_FIELDS:
+            close = difflib.get_close_matches(str(key), TASK_FILE_FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"fields: {', '.join(TASK_FILE_FIELDS)}"
+            raise UsageError(f"{path}: unknown field {key!r} ({hint})")
+
+
+def task_name(path: Path, spec: Mapping[str, Any]) -> str:
+    """The task's name (``name``, else the file's stem), a slug: it labels rows and names output files."""
+    name = str(spec.get("name", path.stem))
+    if not _SAFE_NAME.fullmatch(name) or ".." in name:
+        where = "" if "name" in spec else " (from the file name; give a name: field)"
+        raise UsageError(f"{path}: task name {name!r}{where} must start with a letter or digit and hold only "
+                         "letters, digits, '.', '_' and '-' (no '..')")
+    return name
+
+
 def _task_file_spec(path: Path) -> Mapping[str, Any]:
     if not path.is_file():
         raise UsageError(f"task file not found: {path}")
@@ -143,6 +176,7 @@ def _task_file_spec(path: Path) -> Mapping[str, Any]:
         raise UsageError(f"{path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
     if not isinstance(spec, dict):
         raise UsageError(f"{path}: a task file holds a mapping of fields")
+    _check_fields(path, spec)
     if spec.get("kind", "classification") not in ("classification", "causal-lm"):
         raise UsageError(f"{path}: kind must be classification or causal-lm")
     if spec.get("kind") == "causal-lm":
@@ -216,7 +250,7 @@ def load_task_file(path: Path) -> Task:
         return TaskData(train, validation, names, spec.get("metric", "accuracy"), int(spec.get("max_length", 128)),
                         steps, "causal-lm" if language else "classification")
 
-    return Task(name=str(spec.get("name", path.stem)), load=load, description=f"task file {path}")
+    return Task(name=task_name(path, spec), load=load, description=f"task file {path}")
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, split: Split, indices: Sequence[int], max_length: int) -> Batch:

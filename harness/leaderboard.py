@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from harness import atomic
+from harness.errors import UsageError
 
 COLUMNS = (
     "run_id",
@@ -61,34 +62,81 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+INTEGER_COLUMNS = ("heads_kept", "heads_total", "seed", "params", "nonzero_params", "trainable_params")
+
+
 def read(path: Path) -> Any:
-    """The leaderboard as a DataFrame with the standard columns (empty if there is none yet)."""
+    """The leaderboard as a DataFrame with the standard columns (empty if there is none yet).
+
+    A file that is not a readable leaderboard is a :class:`UsageError`: it is
+    never overwritten, since it holds what a user produced.
+    """
     import pandas as pd
 
     if not path.exists():
         return pd.DataFrame(columns=list(COLUMNS))
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    return frame.reindex(columns=[*COLUMNS, *[c for c in frame.columns if c not in COLUMNS]])
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=list(COLUMNS))
+    except (OSError, ValueError, pd.errors.ParserError) as error:  # unreadable, binary, broken quoting
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"cannot read leaderboard {path} ({first}); move it aside or choose another --out") from None
+    missing = [column for column in ("run_id", "status") if column not in frame.columns]
+    if missing:
+        raise UsageError(f"{path} is not a harness leaderboard (no {', '.join(missing)} column); "
+                         "move it aside or choose another --out")
+    frame = frame.reindex(columns=[*COLUMNS, *[c for c in frame.columns if c not in COLUMNS]])
+    return with_integers(frame)
 
 
-def append(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Add rows atomically: lock, rewrite to a temporary file, fsync, rename over.
+def with_integers(frame: Any) -> Any:
+    """Count columns as nullable integers, so an error row (empty counts) does not turn 22713986 into 22713986.0."""
+    import pandas as pd
+
+    for column in INTEGER_COLUMNS:
+        if column not in frame:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        present = values.dropna()
+        if len(present) and not (present == present.round()).all():
+            continue  # not counts after all: leave the column as it is
+        frame[column] = values.astype("Int64")
+    return frame
+
+
+def append(path: Path, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Add rows atomically: lock, rewrite to a temporary file, fsync, rename over; the rows as the file holds them.
 
     A row whose run id is already there replaces the old row (a cell that failed
-    before and was run again), so the table holds one row per cell.
+    before and was run again), so the table holds one row per cell; but an
+    ``ok`` row is never replaced by an error row (another run finished that
+    cell): the ``ok`` row stays and is returned in its place.
     """
     import pandas as pd
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         new = pd.DataFrame([dict(row) for row in rows]).reindex(columns=list(COLUMNS))
-        if path.exists():  # a retried cell replaces its earlier (failed) row: one row per run id
+        ids = new["run_id"].astype(str)
+        if path.exists():
             old = read(path)
+            finished = set(old.loc[old["status"] == "ok", "run_id"].astype(str))
+            new = new[~((new["status"] != "ok") & ids.isin(finished))]
             frame = pd.concat([old[~old["run_id"].astype(str).isin(new["run_id"].astype(str))], new], ignore_index=True)
         else:
             frame = new
+        frame = with_integers(frame)
         atomic.sweep(path.parent)  # a writer killed mid-rename left its temporary; we hold the lock now
         atomic.write(path, lambda temporary: frame.to_csv(temporary, index=False))
+    stored = frame[frame["run_id"].astype(str).isin(set(ids))]
+    return [{k: v for k, v in row.items() if not _missing(v)} for row in stored.to_dict("records")]
+
+
+def _missing(value: Any) -> bool:
+    import pandas as pd
+
+    return value is None or (not isinstance(value, (list, tuple, dict)) and bool(pd.isna(value)))
 
 
 def summary(frame: Any) -> str:

@@ -1,14 +1,21 @@
 """Plugin discovery: a fresh pluggy manager per call, loaded from the ``harness`` entry points.
 
 Built-ins and third-party packages go through the same entry-point group, so
-what ``harness list`` shows is exactly what a bench run can use.
+what ``harness list`` shows is exactly what a bench run can use. Two
+distributions may register the same name: both load, and only using the bare
+name is an error, so one clash never breaks every command; ``DIST:NAME``
+selects either.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pluggy
 
@@ -23,46 +30,84 @@ ROLE_HOOKS = {
     "adapter": "harness_adapters",
     "task": "harness_tasks",
 }
+DIRECT = "(registered directly)"
+
+
+def normalize_dist(name: str) -> str:
+    """PEP 503 form, so ``prune_harness:x`` and ``Prune-Harness:x`` qualify the same distribution."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @dataclass(frozen=True)
 class Registered:
-    """A role record with the role it plays and the distribution it came from."""
+    """A role record with the role it plays and the distribution it came from.
+
+    ``dist`` is what ``harness list`` shows (``name version``); ``source`` is the
+    distribution's name (a directly registered plugin's module or class name),
+    the ``DIST`` of a qualified ``DIST:NAME``.
+    """
 
     role: str
     record: Any
     dist: str
+    source: str = ""
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.source}:{self.record.name}"
 
 
 @dataclass
 class Registry:
-    """Every registered plugin record, by role and name."""
+    """Every registered plugin record, by role and bare name (several when distributions clash)."""
 
-    by_role: dict[str, dict[str, Registered]] = field(
+    by_role: dict[str, dict[str, list[Registered]]] = field(
         default_factory=lambda: {role: {} for role in ROLE_HOOKS}
     )
 
     def add(self, item: Registered) -> None:
-        names = self.by_role[item.role]
-        name = item.record.name
-        if name in names:
-            other = names[name].dist
-            raise UsageError(f"{item.role} {name!r} is registered twice ({other} and {item.dist})")
-        names[name] = item
+        """One distribution registering a name twice cannot be told apart even when qualified: an error."""
+        same = self.by_role[item.role].setdefault(item.record.name, [])
+        if any(normalize_dist(other.source) == normalize_dist(item.source) for other in same):
+            raise UsageError(f"{item.role} {item.record.name!r} is registered twice by {item.dist}")
+        same.append(item)
+
+    def label(self, item: Registered) -> str:
+        """The name that selects ``item`` and labels its rows: bare while unique in its role, else ``DIST:NAME``."""
+        return item.record.name if len(self.by_role[item.role][item.record.name]) == 1 else item.qualified
 
     def names(self, role: str) -> list[str]:
-        return sorted(self.by_role[role])
+        return sorted(self.label(item) for items in self.by_role[role].values() for item in items)
+
+    def _matches(self, role: str, name: str) -> list[Registered]:
+        """Every item a bare name could mean, or the one a qualified ``DIST:NAME`` means."""
+        if name in self.by_role[role]:
+            return self.by_role[role][name]
+        source, colon, bare = name.partition(":")
+        wanted = normalize_dist(source)
+        return [i for i in self.by_role[role].get(bare, ()) if colon and normalize_dist(i.source) == wanted]
+
+    def has(self, role: str, name: str) -> bool:
+        """Whether ``name`` (bare, even if ambiguous, or qualified) names a plugin of ``role``."""
+        return bool(self._matches(role, name))
 
     def get(self, role: str, name: str) -> Any:
-        try:
-            return self.by_role[role][name].record
-        except KeyError:
+        """The record ``name`` selects, renamed to its label when that is qualified (rows never share a label)."""
+        matches = self._matches(role, name)
+        if not matches:
             known = ", ".join(self.names(role)) or "none"
-            raise UsageError(f"unknown {role} {name!r} (known: {known})") from None
+            raise UsageError(f"unknown {role} {name!r} (known: {known})")
+        if len(matches) > 1:
+            choices = " or ".join(item.qualified for item in matches)
+            raise UsageError(f"{role} {name!r} is registered by {len(matches)} distributions: use {choices}")
+        item = matches[0]
+        label = self.label(item)
+        return item.record if label == item.record.name else dataclasses.replace(item.record, name=label)
 
-    def __iter__(self) -> Iterable[Registered]:
+    def __iter__(self) -> Iterator[Registered]:
         for role in ROLE_HOOKS:
-            yield from (self.by_role[role][n] for n in self.names(role))
+            items = [item for same in self.by_role[role].values() for item in same]
+            yield from sorted(items, key=self.label)
 
 
 class PluginManager(pluggy.PluginManager):
@@ -71,56 +116,89 @@ class PluginManager(pluggy.PluginManager):
     def __init__(self) -> None:
         super().__init__(hookspecs.PROJECT)
         self.add_hookspecs(hookspecs)
-        self.dists: dict[int, str] = {}
+        self.dists: dict[int, tuple[str, str]] = {}  # id(plugin) -> (dist label, dist name)
+
+
+def _register(pm: PluginManager, plugin: object, name: str | None, where: str) -> None:
+    """pluggy's validation of a hook's signature, as a one-line error instead of a traceback."""
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as error:
+        raise UsageError(f"plugin {name or _direct_name(plugin)!r} from {where}: {error}") from None
 
 
 def _load_entry_points(pm: PluginManager) -> None:
-    """Register every ``harness`` entry point; a broken or clashing one is a one-line error.
+    """Register every ``harness`` entry point; a broken one is a one-line error.
 
-    (pluggy's own loader would raise a traceback on a failing import and silently
-    drop a second plugin that reuses a name.)
+    (pluggy's own loader would raise a traceback on a failing import and refuse a
+    second plugin that reuses a name: here the second is registered as ``DIST:NAME``.)
     """
     from importlib.metadata import distributions
 
-    seen: dict[str, str] = {}
+    seen: set[tuple[str, str, str]] = set()
     for dist in distributions():
-        label = f"{dist.metadata['name']} {dist.version}"
+        source = dist.metadata["name"]
+        label = f"{source} {dist.version}"
         for entry in dist.entry_points.select(group=ENTRY_POINT_GROUP):
-            if entry.name in seen:
-                if seen[entry.name] != f"{label} {entry.value}":  # the same install seen twice is fine
-                    raise UsageError(f"plugin name {entry.name!r} is registered by both {seen[entry.name]} and {label}")
+            if (label, entry.name, entry.value) in seen:  # the same install found twice on the path
                 continue
-            seen[entry.name] = f"{label} {entry.value}"
+            seen.add((label, entry.name, entry.value))
             try:
                 plugin = entry.load()
             except Exception as error:
                 raise UsageError(f"plugin {entry.name!r} from {label} failed to load: {type(error).__name__}: {error}") from None
-            pm.register(plugin, name=entry.name)
-            pm.dists[id(plugin)] = label
+            if pm.is_registered(plugin):  # one module listed twice: its records are already there
+                continue
+            name = entry.name if pm.get_plugin(entry.name) is None else f"{source}:{entry.name}"
+            _register(pm, plugin, name, label)
+            pm.dists[id(plugin)] = (label, source)
+
+
+def _direct_name(plugin: object) -> str:
+    return getattr(plugin, "__name__", None) or type(plugin).__name__
+
+
+def _check_hooks(pm: PluginManager) -> None:
+    """A misspelled hook (``harness_scorer``) would register nothing, silently: name it and the closest hook."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError:
+        for hook, caller in vars(pm.hook).items():
+            if hook.startswith("_") or caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.optionalhook:
+                    continue
+                close = difflib.get_close_matches(hook, list(ROLE_HOOKS.values()), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"hooks: {', '.join(ROLE_HOOKS.values())}"
+                where = pm.dists.get(id(impl.plugin), (DIRECT, ""))[0]
+                name = pm.get_name(impl.plugin) if id(impl.plugin) in pm.dists else _direct_name(impl.plugin)
+                raise UsageError(f"plugin {name!r} ({where}) implements unknown hook {hook!r} ({hint})") from None
+        raise
 
 
 def make_manager(entry_points: bool = True, extra: Iterable[object] = ()) -> PluginManager:
-    """A new manager: entry-point plugins (unless turned off) plus ``extra`` plugin objects."""
+    """A new manager: entry-point plugins (unless turned off) plus ``extra`` plugin objects, hooks checked."""
     pm = PluginManager()
     if entry_points:
         _load_entry_points(pm)
     for plugin in extra:
-        pm.register(plugin)
+        _register(pm, plugin, None, DIRECT)
+    _check_hooks(pm)
     return pm
 
 
 def collect(pm: PluginManager) -> Registry:
     """Call every role hook per plugin so each record keeps the distribution it came from."""
-    dists = pm.dists
     registry = Registry()
     for role, hook_name in ROLE_HOOKS.items():
         record_type = ROLE_RECORDS[role]
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            dist = dists.get(id(impl.plugin), "(registered directly)")
+            dist, source = pm.dists.get(id(impl.plugin), (DIRECT, _direct_name(impl.plugin)))
             for record in impl.function() or ():
                 if not isinstance(record, record_type):
                     raise TypeError(f"{impl.plugin_name}.{hook_name} returned {type(record).__name__}")
-                registry.add(Registered(role, record, dist))
+                registry.add(Registered(role, record, dist, source))
     return registry
 
 
@@ -147,26 +225,49 @@ def _coerce(default: Any, raw: str, where: str) -> Any:
     return raw
 
 
+def _check_range(value: Any, bounds: tuple[float | None, float | None], where: str) -> None:
+    """A value against a record's declared inclusive ``(min, max)`` (``None``: unbounded)."""
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"option {where} is not a finite number")
+    if low is not None and value < low:
+        raise UsageError(f"option {where} is below its minimum {low:g}")
+    if high is not None and value > high:
+        raise UsageError(f"option {where} is above its maximum {high:g}")
+
+
+def _records_named(registry: Registry, name: str, pair: str) -> list[Any]:
+    """The records (any role) a bare or qualified plugin name selects; an ambiguous bare name is an error."""
+    found = [registry.get(role, name) for role in ROLE_HOOKS if registry.has(role, name)]
+    if not found:
+        raise UsageError(f"option {pair!r} names unknown plugin {name!r}")
+    return found
+
+
 def parse_options(pairs: Iterable[str], registry: Registry) -> dict[str, dict[str, Any]]:
-    """``NAME.KEY=VALUE`` strings into per-plugin overrides, checked against declared defaults."""
+    """``NAME.KEY=VALUE`` strings into overrides keyed by plugin label, checked against types, choices and ranges.
+
+    ``NAME`` may be qualified (``DIST:NAME``, whose ``DIST`` may hold dots), so
+    the key is split at its last dot: option keys never hold one.
+    """
     overrides: dict[str, dict[str, Any]] = {}
-    records = {item.record.name: item.record for item in registry}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        name, dot, option = key.partition(".")
-        if not sep or not dot or not option:
+        name, dot, option = key.rpartition(".")
+        if not sep or not dot or not name or not option:
             raise UsageError(f"option {pair!r} is not of the form PLUGIN.KEY=VALUE")
-        if name not in records:
-            raise UsageError(f"option {pair!r} names unknown plugin {name!r}")
-        defaults: Mapping[str, Any] = records[name].options
-        if option not in defaults:
-            known = ", ".join(sorted(defaults)) or "none"
+        records = _records_named(registry, name, pair)
+        record = next((r for r in records if option in r.options), None)
+        if record is None:
+            known = ", ".join(sorted({k for r in records for k in r.options})) or "none"
             raise UsageError(f"plugin {name!r} has no option {option!r} (options: {known})")
-        value = _coerce(defaults[option], raw, key)
-        allowed = records[name].choices.get(option)
+        value = _coerce(record.options[option], raw, key)
+        allowed = record.choices.get(option)
         if allowed and value not in allowed:
             raise UsageError(f"option {key} takes one of {', '.join(allowed)}, not {raw!r}")
-        overrides.setdefault(name, {})[option] = value
+        if option in record.ranges:
+            _check_range(value, record.ranges[option], f"{key}={raw}")
+        overrides.setdefault(record.name, {})[option] = value
     return overrides
 
 

@@ -20,14 +20,14 @@ from harness.runner import Row
 
 def _unit_task(plan: Plan, spec: Any, done: set[str], cache_root: Path | None) -> tuple[list[Row], dict[str, int]]:
     """Run one unit in a worker; its rows and cache counters go back to the driver."""
-    from harness.executor import make_unit, run_unit
+    from harness.executor import Silent, make_unit, run_unit
     from harness.tracking import Scalars
 
     rows: list[Row] = []
     cache = Cache(cache_root)
     scalars = Scalars(plan.config.tensorboard)
     try:
-        run_unit(make_unit(plan, spec, rows.append, scalars, cache), done, lambda label: None)
+        run_unit(make_unit(plan, spec, rows.append, scalars, cache), done, Silent())
     finally:
         scalars.close()
     return rows, dict(cache.counts)

@@ -167,6 +167,7 @@ class Scorer:
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)  # inclusive; None: open
     per_sparsity: bool = False
     updates_model: bool = False
     baseline: bool = False  # added to every grid that benchmarks its granularity, unless --no-baselines
@@ -188,6 +189,7 @@ class Pruner:
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)  # inclusive; None: open
     uses_scores: bool = True
 
 
@@ -200,6 +202,7 @@ class Adapter:
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)  # inclusive; None: open
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,7 @@ class Task:
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)  # inclusive; None: open
 
 
 ROLE_RECORDS: Mapping[str, type] = {

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from harness import adaptation, feeds, modeling, surgery
 from harness.bench import Plan
-from harness.cache import Cache, digest
+from harness.cache import Cache, digest, untied
 from harness.models import ModelSource, load_for_task
 from harness.plugins import options_for, options_label
 from harness.records import Adapter, Pruner, PruneRequest, Scorer, ScoreRequest, Task, TaskData, TrainRequest
@@ -97,7 +97,9 @@ class Unit:
         if recover:
             budget = (*budget, c.recover_steps)
         latency = (c.latency_batch, c.latency_tokens)
-        key = digest({**parts, "identity": self.identity, "budget": budget, "latency": latency})
+        code_of = self.plan.code_of
+        code = {"unit": self.unit_code(), "scorer": code_of(scorer), "pruner": code_of(pruner), "recovery": code_of(recover)}
+        key = digest({**parts, "identity": self.identity, "budget": budget, "latency": latency, "code": code})
         return {"run_id": key, **parts, "metric": self.data.metric, "train_s": round(self.train_s, 2), **self.adapted}
 
     def unit_key(self) -> str:
@@ -106,7 +108,11 @@ class Unit:
         adapter = options_label(self.adapter, self.plan.overrides) or self.adapter.name
         budget = (self.train_steps, c.batch_size, c.learning_rate)
         return digest({"identity": self.identity, "model": self.source.name, "task": self.task.name,
-                       "adapter": adapter, "seed": self.seed, "budget": budget})
+                       "adapter": adapter, "seed": self.seed, "budget": budget, "code": self.unit_code()})
+
+    def unit_code(self) -> dict[str, str]:
+        """The code identities of the task and adapter plugins: what the fine-tune depends on besides data."""
+        return {"task": self.plan.code_of(self.task), "adapter": self.plan.code_of(self.adapter)}
 
     def scope(self, granularity: str) -> tuple[tuple[str, ...], int] | None:
         """The weights a granularity prunes (names, dense count): what achieved sparsity is measured on."""
@@ -186,11 +192,11 @@ class Unit:
         self.dense_gflops = modeling.forward_flops(self.model, self.latency_input) / 1e9
 
     def spectra_stem(self) -> Any:
-        """Where this unit's update spectra go: ``<out>/spectra/<model>-<task>-<adapter>-seed<N>``."""
-        from pathlib import Path
+        """Where this unit's update spectra go: ``<out>/spectra/<model>-<task>-<adapter>-seed<N>``, slugs only."""
+        from harness.atomic import confined, slug
 
-        name = f"{self.source.name.split('/')[-1]}-{self.task.name}-{self.adapter.name}-seed{self.seed}"
-        return Path(self.plan.config.out) / "spectra" / name
+        name = f"{slug(self.source.name.rstrip('/').split('/')[-1])}-{slug(self.task.name)}-{slug(self.adapter.name)}"
+        return confined(self.plan.config.out, "spectra", f"{name}-seed{self.seed}")
 
     def _train(self) -> tuple[dict[str, Any], dict[str, Any]]:
         c = self.plan.config
@@ -235,7 +241,7 @@ class Unit:
         if scored.model is not None:
             tensors.update({f"model/{k}": v for k, v in scored.model.state_dict().items()})
         meta = {"seconds": scored.seconds, "extras": scored.extras, "dict": isinstance(scored.values, dict)}
-        self.cache.save_tensors("scores", key, _untied(tensors), meta)
+        self.cache.save_tensors("scores", key, untied(tensors), meta)
         return scored
 
     def _score_key(self, scorer: Scorer, sparsity: float | None, targets: tuple[str, ...]) -> str:
@@ -244,7 +250,7 @@ class Unit:
         targets = targets if scorer.granularity == "weight" else ()
         calibration = (c.calib_examples, c.batch_size)
         return digest({"unit": self.unit_key(), "scorer": label, "sparsity": sparsity, "targets": targets,
-                       "calibration": calibration})
+                       "calibration": calibration, "code": self.plan.code_of(scorer)})
 
     def _cached_scores(self, scorer: Scorer, key: str) -> Scored | None:
         found = self.cache.load_tensors("scores", key)
@@ -304,17 +310,6 @@ class Unit:
 
     def error_row(self, cell: tuple, error: BaseException) -> Row:
         return {**self.row(*cell), "status": "error", "error": _error_text(error)}
-
-
-def _untied(tensors: dict[str, Any]) -> dict[str, Any]:
-    """Copies of tensors that share storage (tied weights), which safetensors refuses to save twice."""
-    seen: set[int] = set()
-    plain = {}
-    for name, tensor in tensors.items():
-        pointer = tensor.untyped_storage().data_ptr()
-        plain[name] = tensor.clone() if pointer in seen else tensor
-        seen.add(pointer)
-    return plain
 
 
 def _checked_scores(scorer: Scorer, values: Any, expected: Any) -> Any:

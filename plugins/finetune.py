@@ -9,6 +9,8 @@ from __future__ import annotations
 from harness import Adapter, TrainRequest, TrainResult, hookimpl
 
 OPTIONS = {"weight_decay": 0.01, "warmup_ratio": 0.1, "max_grad_norm": 1.0}
+# inclusive bounds, checked on -o values; clipping to a norm of 0 would zero every gradient, so it must be > 0
+RANGES = {"weight_decay": (0.0, None), "warmup_ratio": (0.0, 1.0), "max_grad_norm": (1e-12, None)}
 
 
 def train(request: TrainRequest) -> TrainResult:
@@ -28,5 +30,6 @@ def harness_adapters() -> list[Adapter]:
             train=train,
             description="full fine-tuning: AdamW, linear warm-up and decay",
             options=OPTIONS,
+            ranges=RANGES,
         )
     ]

@@ -61,6 +61,7 @@ def load(request: TaskRequest) -> TaskData:
 @hookimpl
 def harness_tasks() -> list[Task]:
     return [
-        Task(spec.name, loader(spec), spec.description, {"max_length": spec.max_length, "train_steps": spec.train_steps})
+        Task(spec.name, loader(spec), spec.description, {"max_length": spec.max_length, "train_steps": spec.train_steps},
+             ranges={"max_length": (1, None), "train_steps": (0, None)})
         for spec in TASKS
     ]

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 OPTIONS = {"scope": "global", "min_heads_per_layer": 1, "gqa": "groups"}
 CHOICES = {"scope": ("global", "layer"), "gqa": ("groups", "query")}
+RANGES = {"min_heads_per_layer": (1, None)}  # every layer keeps a head; the upper bound is the model's (checked later)
 Unit = tuple[float, list[int]]  # (importance, query heads removed together)
 
 
@@ -217,5 +218,6 @@ def harness_pruners() -> list[Pruner]:
             description="remove the lowest-scoring heads, globally or per layer (whole units under GQA)",
             options=OPTIONS,
             choices=CHOICES,
+            ranges=RANGES,
         )
     ]

@@ -38,6 +38,11 @@ OPTIONS = {
     "train_encoder": False,
     "encoder_lr": 2e-5,  # only with train_encoder
 }
+# inclusive bounds, checked on -o values; rates and the temperature must be > 0, shares lie in [0, 1]
+RANGES = {
+    "steps": (1, None), "lr": (1e-12, None), "temperature": (1e-12, None), "l0_lambda": (0.0, None),
+    "lagrangian_lr": (1e-12, None), "target_warmup": (0.0, 1.0), "encoder_lr": (1e-12, None),
+}
 
 
 def open_probability(log_alpha: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -181,6 +186,7 @@ def harness_scorers() -> list[Scorer]:
             description="hard-concrete head gates trained to the head budget (Voita et al. 2019; CoFi)",
             options=OPTIONS,
             choices={"lambda_mode": ("target", "fixed")},
+            ranges=RANGES,
             per_sparsity=True,
             updates_model=True,  # with train_encoder=true the jointly trained weights are what gets pruned
         )

@@ -64,6 +64,12 @@ OPTIONS: dict[str, Any] = {
     "r": 8, "alpha": 16, "dropout": 0.05, "targets": "qv", "lr": 3e-3,
 }
 CHOICES = {"targets": tuple(TARGETS)}
+# inclusive bounds, checked on -o values: rank and alpha of at least 1 (alpha 0 scales the update away),
+# a dropout probability, and rates (lr, max_grad_norm) that must be > 0
+RANGES = {
+    "weight_decay": (0.0, None), "warmup_ratio": (0.0, 1.0), "max_grad_norm": (1e-12, None),
+    "r": (1, None), "alpha": (1, None), "dropout": (0.0, 1.0), "lr": (1e-12, None),
+}
 ADAPTER = "default"  # PEFT's adapter name
 
 
@@ -155,6 +161,7 @@ def harness_adapters() -> list[Adapter]:
             description=DESCRIPTIONS[variant],
             options=dict(OPTIONS),
             choices=CHOICES,
+            ranges=RANGES,
         )
         for variant in VARIANTS
     ]

@@ -183,10 +183,10 @@ def harness_pruners() -> list[Pruner]:
         Pruner("global-unstructured", "weight", global_unstructured, "lowest-importance weights across modules",
                {"normalize": "none"}, {"normalize": ("none", "mean", "lamp")}),
         Pruner("structured", "weight", structured, "rows with the lowest Ln norm of importance (LnStructured)",
-               {"n": 1}),
+               {"n": 1}, ranges={"n": (1, None)}),
         Pruner("random-unstructured", "weight", random_unstructured, "RandomUnstructured, seeded",
                uses_scores=False),
         Pruner("random-structured", "weight", random_structured, "RandomStructured rows, seeded", uses_scores=False),
         Pruner("neurons", "neuron", neurons, "FFN neurons by importance, removed physically",
-               {"scope": "global", "min_per_layer": 1}, scope),
+               {"scope": "global", "min_per_layer": 1}, scope, {"min_per_layer": (1, None)}),
     ]

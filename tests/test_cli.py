@@ -140,7 +140,7 @@ class Exploding:
 def test_failing_plugin_costs_only_its_cells(capsys, tiny_model_dir, tmp_path: Path) -> None:
     model = tiny_model_dir("bert")
     out = tmp_path / "out"
-    argv = ["bench", "--models", str(model), "--sparsities", "0.5", "--out", str(out), *FAST,
+    argv = ["bench", "--isolation", "none", "--models", str(model), "--sparsities", "0.5", "--out", str(out), *FAST,
             "--plugins", "exploding,head-gradient,random,l0-gates,heads,finetune"]
     assert main(argv, extra=[Exploding()]) == 1
     frame = pd.read_csv(out / "leaderboard.csv", keep_default_na=False)
@@ -174,7 +174,7 @@ class Counting:
 
 def test_scores_are_computed_once_or_once_per_sparsity(tiny_model_dir, tmp_path: Path) -> None:
     counting = Counting()
-    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "once,per-budget", "--no-baselines",
+    argv = ["bench", "--isolation", "none", "--models", str(tiny_model_dir("bert")), "--plugins", "once,per-budget", "--no-baselines",
             "--sparsities", "0.25,0.5,0.75", "--out", str(tmp_path / "out"), *FAST]
     assert main(argv, extra=[counting]) == 0
     assert sorted(counting.calls) == [("once", None), ("per-budget", 0.25), ("per-budget", 0.5), ("per-budget", 0.75)]
@@ -225,7 +225,7 @@ def test_a_scorer_that_updates_the_model_gets_its_model_pruned(tiny_model_dir, t
 
     from harness import TaskRequest
 
-    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "answers-0,answers-1,discards",
+    argv = ["bench", "--isolation", "none", "--models", str(tiny_model_dir("bert")), "--plugins", "answers-0,answers-1,discards",
             "--sparsities", "0.5", "--out", str(tmp_path / "out"), *FAST]
     assert main(argv, extra=[Retraining()]) == 0
     frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv").set_index("scorer")

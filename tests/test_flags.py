@@ -90,7 +90,7 @@ class Stuck:
 
 def test_flags_reach_every_row_the_summary_and_the_aggregate(capsys, tiny_model_dir, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "head-gradient,heads,stuck,finetune",
+    argv = ["bench", "--isolation", "none", "--models", str(tiny_model_dir("bert")), "--plugins", "head-gradient,heads,stuck,finetune",
             "--no-baselines", "--sparsities", "0.5", "--seeds", "0", "--out", str(out), *FAST]
     assert main(argv, extra=[Stuck()]) == 0
     frame = leaderboard.read(out / "leaderboard.csv")

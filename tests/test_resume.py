@@ -87,7 +87,7 @@ class Flaky:
 
 
 def test_a_failed_cell_is_retried_and_its_row_replaced(tiny_model_dir, tmp_path):
-    argv = ["bench", "--models", str(tiny_model_dir("bert")), "--out", str(tmp_path / "out"), *GRID[2:],
+    argv = ["bench", "--isolation", "none", "--models", str(tiny_model_dir("bert")), "--out", str(tmp_path / "out"), *GRID[2:],
             "--plugins", "flaky,heads,finetune", "--no-baselines", "--seeds", "0"]
     flaky = Flaky()
     assert main(argv, extra=[flaky]) == 1

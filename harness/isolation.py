@@ -1,0 +1,218 @@
+"""Process isolation: each unit runs in a child process, so a plugin that crashes, exits or hangs costs its cells.
+
+The child (a fresh interpreter: ``spawn``, since forking a process that has
+run OpenMP threads can hang) tells the parent, before each step, which cells
+depend on it: the fine-tune (all of the unit's), a scoring pass (the cells
+that use those scores), a cell (itself). Rows come back over a pipe and the
+parent writes them. If the child dies (a signal, ``os._exit``, an uncaught
+``SystemExit``) or a step outlasts ``--cell-timeout``, the parent writes error
+rows saying what happened for the cells of that step only, and starts a new
+child for the rest of the unit (the fine-tune comes from the cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+from harness.bench import Plan
+from harness.cache import Cache
+from harness.errors import UsageError
+
+Row = dict[str, Any]
+POLL_S = 0.2
+
+
+def _not_shipped(request: Any) -> Any:
+    raise RuntimeError("a task is loaded once, by the parent process")
+
+
+def shippable(plan: Plan) -> Plan:
+    """The plan as a child gets it: loaded task data, task loaders left behind (they may be closures)."""
+    plan.all_code()  # identities come from the real loaders, before they are left behind
+    tasks = [(dataclasses.replace(task, load=_not_shipped), data) for task, data in plan.tasks]
+    return dataclasses.replace(plan, tasks=tasks, code=dict(plan.code))
+
+
+def check_picklable(plan: Plan) -> None:
+    """Fail before any work when a plugin cannot travel to a child process."""
+    import pickle
+
+    try:
+        pickle.dumps(shippable(plan))
+    except Exception as error:
+        raise UsageError(f"--isolation process needs plugins that can be pickled ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0]}); run with --isolation none") from None
+
+
+class _Pipe:
+    """The child's reporter: every phase, row and tick goes to the parent."""
+
+    def __init__(self, conn: Any, cache: Cache) -> None:
+        self.conn, self.cache = conn, cache
+
+    def phase(self, label: str, rows: list[Row]) -> None:
+        self.conn.send(("phase", label, rows, dict(self.cache.counts)))
+
+    def tick(self, label: str) -> None:
+        self.conn.send(("tick", label))
+
+    def row(self, row: Row) -> None:
+        self.conn.send(("row", row))
+
+
+def changed_code(plan: Plan, core: str) -> list[str]:
+    """What code differs from what the parent hashed into the run ids (sources edited during the run)."""
+    from harness import identity
+
+    changed = ["harness"] if identity.core_code() != core else []
+    records = [*plan.adapters, plan.recovery, *(r for method in plan.methods for r in method)]
+    for record in records:  # tasks ran in the parent, with the code it hashed
+        if record is not None and identity.of(record) != plan.code_of(record):
+            changed.append(record.name)
+    return sorted(set(changed))
+
+
+def child_main(conn: Any, plan: Plan, spec: Any, done: set[str], skip: frozenset[str], root: Any,
+               threads: int | None, core: str) -> None:
+    """A child's whole life: one unit, then its cache counters and an end message."""
+    from harness.executor import make_unit
+    from harness.executor import run_unit as run
+    from harness.tracking import Scalars
+
+    changed = changed_code(plan, core)
+    if changed:  # results would carry ids of code that did not compute them
+        conn.send(("abort", f"code changed since this run started ({', '.join(changed)}); run the command again"))
+        return
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    cache = Cache(root)
+    pipe = _Pipe(conn, cache)
+    scalars = Scalars(plan.config.tensorboard)
+    try:
+        run(make_unit(plan, spec, pipe.row, scalars, cache), done, pipe, skip - done)
+    finally:
+        scalars.close()
+    conn.send(("end", dict(cache.counts)))
+    conn.close()
+
+
+def _death(process: Any) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            return f"worker died: signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"worker died: signal {-code}"
+    return f"worker exited with status {code} before finishing"
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """What the parent knows of one child: the step it is in, the rows of that step, its counters."""
+
+    label: str = "start"
+    pending: list[Row] = dataclasses.field(default_factory=list)
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    ended: bool = False
+    aborted: str = ""  # why the child refused to start
+
+
+def _handle(message: tuple, attempt: _Attempt, write: Callable[[Row], None], written: set[str], bar: Any,
+            cells: int) -> None:
+    kind = message[0]
+    if kind == "phase":
+        _, attempt.label, rows, attempt.counts = message
+        attempt.pending = [row for row in rows if row["run_id"] not in written]
+        attempt.started = time.monotonic()
+        bar.set_description(attempt.label)
+    elif kind == "row":
+        write(message[1])
+        written.add(str(message[1]["run_id"]))
+    elif kind == "tick":
+        bar.update(cells if message[1] == "" else 1)
+    elif kind == "end":
+        attempt.counts, attempt.ended = message[1], True
+    elif kind == "abort":
+        attempt.aborted = message[1]
+
+
+def _watch(process: Any, conn: Any, attempt: _Attempt, write: Callable[[Row], None], written: set[str],
+           bar: Any, plan: Plan) -> str | None:
+    """Relay the child's messages until it ends; why it failed (None when it finished its unit)."""
+    timeout = plan.config.cell_timeout
+    while True:
+        if conn.poll(POLL_S):
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):  # the child is gone; its exit code says how
+                process.join()
+                return None if attempt.ended else attempt.aborted or _death(process)
+            _handle(message, attempt, write, written, bar, plan.cells_per_unit())
+            if attempt.ended:
+                process.join()
+                return None
+        elif not process.is_alive():
+            while conn.poll(0):
+                try:
+                    _handle(conn.recv(), attempt, write, written, bar, plan.cells_per_unit())
+                except (EOFError, OSError):
+                    break
+            return None if attempt.ended else attempt.aborted or _death(process)
+        elif timeout and time.monotonic() - attempt.started > timeout:
+            process.kill()
+            process.join()
+            return f"timed out after {timeout:g} s"
+
+
+def _start(plan: Plan, spec: Any, done: set[str], skip: set[str], cache: Cache) -> tuple[Any, Any]:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    from harness import identity
+
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    process = context.Process(target=child_main, name=f"harness-unit-seed{spec.seed}",
+                              args=(send, shippable(plan), spec, done, frozenset(skip), cache.root, threads,
+                                    identity.core_code()))
+    process.start()
+    send.close()  # the parent keeps only its reading end, so EOF means the child is gone
+    return process, receive
+
+
+def run_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None], bar: Any, cache: Cache) -> None:
+    """One unit in child processes: a new child after each failed step, until every cell has a row."""
+    from harness.executor import make_unit, unit_cells
+    from harness.tracking import Scalars
+
+    unit = make_unit(plan, spec, write, Scalars(None), Cache(None))  # identity rows only: nothing is loaded
+    cache.counts["cells_skipped"] += plan.cells_per_unit() - len(unit_cells(unit, done))
+    written: set[str] = set()
+    failed: set[str] = set()
+    while unit_cells(unit, done | failed | written):
+        attempt = _Attempt()
+        process, conn = _start(plan, spec, set(), done | failed | written, cache)
+        try:
+            why = _watch(process, conn, attempt, write, written, bar, plan)
+        finally:
+            conn.close()
+            if process.is_alive():
+                process.kill()
+                process.join()
+        cache.counts.update(attempt.counts)
+        if why is None:
+            return
+        lost = [row for row in attempt.pending if str(row["run_id"]) not in written]
+        if not lost:  # it died outside any step (starting up): the unit's remaining cells are what it cost
+            lost = [unit.row(*cell) for cell in unit_cells(unit, done | failed | written)]
+        for row in lost:
+            write({**row, "status": "error", "error": f"{why} (during {attempt.label})"})
+            failed.add(str(row["run_id"]))
+        bar.update(len(lost))
