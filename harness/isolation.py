@@ -1,7 +1,9 @@
 """Process isolation: each unit runs in a child process, so a plugin that crashes, exits or hangs costs its cells.
 
-The child (a fresh interpreter: ``spawn``, since forking a process that has
-run OpenMP threads can hang) tells the parent, before each step, which cells
+The child is forked from a ``forkserver`` that has imported torch and
+transformers but never computed (forking a process that has run OpenMP threads
+can hang; a fresh interpreter per unit would pay seconds of imports), and gets
+the parent's environment. It tells the parent, before each step, which cells
 depend on it: the fine-tune (all of the unit's), a scoring pass (the cells
 that use those scores), a cell (itself). Rows come back over a pipe and the
 parent writes them. If the child dies (a signal, ``os._exit``, an uncaught
@@ -13,6 +15,7 @@ child for the rest of the unit (the fine-tune comes from the cache).
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -64,6 +67,31 @@ class _Pipe:
         self.conn.send(("row", row))
 
 
+class _Fd:
+    """One of the parent's file descriptors, duplicated into the child as it is pickled (a fork server's
+    children would otherwise write to the server's stdout/stderr, not the parent's current ones)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple:
+        from multiprocessing import reduction
+
+        return (_attach, (reduction.DupFd(self.fd),))
+
+
+def _attach(duplicate: Any) -> int:
+    return duplicate.detach()
+
+
+def _adopt(streams: tuple[int, int]) -> None:
+    """Make the child's stdout and stderr the parent's."""
+    for target, fd in zip((1, 2), streams):
+        (sys.stdout if target == 1 else sys.stderr).flush()
+        os.dup2(fd, target)
+        os.close(fd)
+
+
 def changed_code(plan: Plan, core: str) -> list[str]:
     """What code differs from what the parent hashed into the run ids (sources edited during the run)."""
     from harness import identity
@@ -77,8 +105,11 @@ def changed_code(plan: Plan, core: str) -> list[str]:
 
 
 def child_main(conn: Any, plan: Plan, spec: Any, done: set[str], skip: frozenset[str], root: Any,
-               threads: int | None, core: str) -> None:
+               threads: int | None, core: str, environ: dict[str, str], streams: tuple[int, int]) -> None:
     """A child's whole life: one unit, then its cache counters and an end message."""
+    _adopt(streams)
+    os.environ.clear()  # the parent's, not the fork server's (variables set since it started)
+    os.environ.update(environ)
     from harness.executor import make_unit
     from harness.executor import run_unit as run
     from harness.tracking import Scalars
@@ -171,17 +202,27 @@ def _watch(process: Any, conn: Any, attempt: _Attempt, write: Callable[[Row], No
             return f"timed out after {timeout:g} s"
 
 
-def _start(plan: Plan, spec: Any, done: set[str], skip: set[str], cache: Cache) -> tuple[Any, Any]:
+def _context() -> Any:
+    """A forkserver with the heavy imports done once per run (spawn where there is no forkserver)."""
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "transformers", "harness.isolation", "harness.executor"])
+    return context
+
+
+def _start(plan: Plan, spec: Any, done: set[str], skip: set[str], cache: Cache) -> tuple[Any, Any]:
+
+    context = _context()
     receive, send = context.Pipe(duplex=False)
     from harness import identity
 
     threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     process = context.Process(target=child_main, name=f"harness-unit-seed{spec.seed}",
                               args=(send, shippable(plan), spec, done, frozenset(skip), cache.root, threads,
-                                    identity.core_code()))
+                                    identity.core_code(), dict(os.environ), (_Fd(1), _Fd(2))))
     process.start()
     send.close()  # the parent keeps only its reading end, so EOF means the child is gone
     return process, receive

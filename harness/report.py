@@ -172,7 +172,7 @@ def build(out: Path, folder: Path | None = None) -> Path:
             f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
             for p in plots
         )
-        page += [f"<h2>{html.escape(title)}</h2>", images, frame.to_html(index=False, float_format="%.4g")]
+        page += [f"<h2>{html.escape(title)}</h2>", images, frame.to_html(index=False, float_format=lambda v: f"{v:.4g}")]
     atomic.write_text(folder / "report.md", "\n".join(md))
     atomic.write_text(folder / "report.html", "\n".join(page))
     return folder

@@ -122,7 +122,8 @@ def test_full_fine_tuning_recovery_trains_the_sparse_model(tiny_model_dir, tmp_p
     monkeypatch.setattr(surgery, "apply_weight_masks", spy)
     out = tmp_path / "out"
     argv = ["bench", "--models", str(tiny_model_dir("bert")), "--out", str(out), *FAST,
-            "--plugins", "magnitude,global-unstructured,finetune", "--recover", "finetune", "--recover-steps", "4"]
+            "--plugins", "magnitude,global-unstructured,finetune", "--recover", "finetune", "--recover-steps", "4",
+            "--isolation", "none"]  # the spy lives in this process
     assert main(argv) == 0
     frame = pd.read_csv(out / "leaderboard.csv", keep_default_na=False)
     assert len(frame) == 3 and (frame["status"] == "ok").all()
