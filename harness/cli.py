@@ -154,7 +154,8 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
     provenance.record(Path(config.out), args.argv)
     print(f"harness: {plan.total_cells()} cells -> {Path(config.out) / 'leaderboard.csv'}", file=sys.stderr)
     rows = execute(plan, progress=not args.no_progress)
-    everything = leaderboard.read(Path(config.out) / "leaderboard.csv")
+    stored = leaderboard.read(Path(config.out) / "leaderboard.csv")
+    everything = leaderboard.current(stored)
     print(leaderboard.summary(everything))
     leaderboard.write_aggregate(everything, Path(config.out) / "leaderboard_seeds.csv")
     failed = rows[rows["status"] != "ok"]
@@ -164,6 +165,9 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
           f"scoring passes run {counts.get('scoring_runs', 0)} (cached {counts.get('scores_hit', 0)})"
           + (f"; corrupt cache entries recomputed {counts['corrupt_entries']}" if counts.get("corrupt_entries") else ""))
     print(f"leaderboard: {Path(config.out) / 'leaderboard.csv'}; over seeds: {Path(config.out) / 'leaderboard_seeds.csv'}")
+    if len(stored) > len(everything):
+        print(f"{len(stored) - len(everything)} older rows of the same cells (other code or budget) stay in the "
+              "leaderboard but are left out of the summary and the aggregate")
     flagged = leaderboard.flag_counts(everything)
     if flagged:
         print("flagged rows in the leaderboard (see the flags column): " + ", ".join(f"{flag} {n}" for flag, n in flagged.items()))

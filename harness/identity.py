@@ -49,20 +49,75 @@ def _owner(value: Any) -> str | None:
 
 
 def module_closure(name: str) -> list[str]:
-    """``name`` and the modules of its top-level package it reaches through its globals (transitively)."""
+    """``name`` and the modules of its top-level package it uses, transitively.
+
+    Both what its globals hold (functions, classes, modules of the package) and
+    what its source imports anywhere (``from pkg.settings import SHIFT`` brings
+    in ``pkg.settings`` though ``SHIFT`` is a plain number; imports inside
+    functions count too).
+    """
     top = name.split(".")[0]
     seen: set[str] = set()
     todo = [name]
     while todo:
-        module = sys.modules.get(todo.pop())
-        if module is None or module.__name__ in seen:
+        current = todo.pop()
+        if current in seen or _source_of(current) is None:
             continue
-        seen.add(module.__name__)
-        for value in list(vars(module).values()):
-            owner = _owner(value)
-            if owner and owner.split(".")[0] == top and owner not in seen:
-                todo.append(owner)
+        seen.add(current)
+        module = sys.modules.get(current)
+        owners = {_owner(value) for value in list(vars(module).values())} if module else set()
+        for used in (owners | _imports(current)) - seen:
+            if used and used.split(".")[0] == top:
+                todo.append(used)
     return sorted(seen)
+
+
+def _source_of(name: str) -> str | None:
+    """The source file of a module, imported or not (None: not a module, or no Python source)."""
+    import importlib.util
+
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None) if module else None
+    if path is None and module is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError, AttributeError):
+            return None
+        path = spec.origin if spec else None
+    return path if path and path.endswith(".py") and Path(path).is_file() else None
+
+
+def _imports(name: str) -> set[str]:
+    """Module names the source of ``name`` imports (``from a import b``: ``a`` and, if a module, ``a.b``)."""
+    path = _source_of(name)
+    if path is None:
+        return set()
+    stat = Path(path).stat()
+    return set(_parsed_imports(name, path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_imports(name: str, path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    import ast
+    import importlib.util
+
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except SyntaxError:
+        return ()
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            try:
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            except (ImportError, ValueError):
+                continue
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+    return tuple(sorted(found))
 
 
 @functools.lru_cache(maxsize=256)

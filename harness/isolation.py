@@ -107,6 +107,7 @@ def changed_code(plan: Plan, core: str) -> list[str]:
 def child_main(conn: Any, plan: Plan, spec: Any, done: set[str], skip: frozenset[str], root: Any,
                threads: int | None, core: str, environ: dict[str, str], streams: tuple[int, int]) -> None:
     """A child's whole life: one unit, then its cache counters and an end message."""
+    os.setsid()  # its own process group: stopping it stops whatever a plugin started too
     _adopt(streams)
     os.environ.clear()  # the parent's, not the fork server's (variables set since it started)
     os.environ.update(environ)
@@ -197,8 +198,7 @@ def _watch(process: Any, conn: Any, attempt: _Attempt, write: Callable[[Row], No
                     break
             return None if attempt.ended else attempt.aborted or _death(process)
         elif timeout and time.monotonic() - attempt.started > timeout:
-            process.kill()
-            process.join()
+            _stop(process)
             return f"timed out after {timeout:g} s"
 
 
@@ -211,6 +211,16 @@ def _context() -> Any:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "transformers", "harness.isolation", "harness.executor"])
     return context
+
+
+def _stop(process: Any) -> None:
+    """Kill the child's process group (the child and what its plugins started), then reap the child."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # no group left (or not yet made): the child alone
+        if process.is_alive():
+            process.kill()
+    process.join()
 
 
 def _start(plan: Plan, spec: Any, done: set[str], skip: set[str], cache: Cache) -> tuple[Any, Any]:
@@ -244,9 +254,7 @@ def run_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None]
             why = _watch(process, conn, attempt, write, written, bar, plan)
         finally:
             conn.close()
-            if process.is_alive():
-                process.kill()
-                process.join()
+            _stop(process)  # also after a normal end: a plugin's stray subprocesses do not outlive the unit
         cache.counts.update(attempt.counts)
         if why is None:
             return

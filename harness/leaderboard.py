@@ -140,7 +140,8 @@ def _missing(value: Any) -> bool:
 
 
 def summary(frame: Any) -> str:
-    """Mean score (and mean speedup) per method and sparsity, over seeds, as readable text."""
+    """Mean score (and mean speedup) per method and sparsity, over seeds (newest row per cell), as readable text."""
+    frame = current(frame)
     ok = frame[frame["status"] == "ok"]
     if ok.empty:
         return "no successful cells"
@@ -177,13 +178,28 @@ AGGREGATE_KEYS = (
 )
 
 
+def current(frame: Any) -> Any:
+    """The newest row of each cell: same model, task, method, options, sparsity and seed.
+
+    An older row of the same cell has another run id: other code (a plugin was
+    edited) or another budget computed it. It stays in the file, which keeps
+    everything a user produced, but is never averaged with the new one.
+    """
+    if frame.empty:
+        return frame
+    keys = frame[[k for k in (*AGGREGATE_KEYS, "seed") if k in frame]].astype("string").fillna("")
+    return frame[~keys.duplicated(keep="last")]
+
+
 def aggregate(frame: Any) -> Any:
     """One row per (model, task, method, sparsity): mean, sd and count over seeds, dense reference beside it.
 
-    Only ``ok`` rows count; ``sd`` is the sample standard deviation (NaN for one seed).
+    Only the newest row of each cell counts (:func:`current`), and only if it is
+    ``ok``; ``sd`` is the sample standard deviation (NaN for one seed).
     """
     import pandas as pd
 
+    frame = current(frame)
     ok = frame[frame["status"] == "ok"].copy()
     if ok.empty:
         return pd.DataFrame()

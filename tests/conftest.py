@@ -58,6 +58,19 @@ def batch_for(model, batch_size: int = 3, tokens: int = 7, seed: int = 0) -> dic
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(batch_size) % 2}
 
 
+def error_of(capsys, argv: list[str], extra: tuple[object, ...] = ()) -> str:
+    """The one stderr line of a command that must fail with exit status 2 (bad input)."""
+    from harness.cli import main
+
+    capsys.readouterr()  # what fixtures printed (progress bars of saving a model) is not the command's
+    status = main(argv, extra=extra)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("harness: error: "), err
+    return lines[0]
+
+
 def keep_mask(lists, heads: int = 4) -> torch.Tensor:
     mask = torch.zeros(len(lists), heads, dtype=torch.bool)
     for layer, row in enumerate(lists):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import error_of
 
 from harness import Scorer, hookimpl
 from harness.cli import main
@@ -17,15 +18,6 @@ from harness.leaderboard import COLUMNS
 FAST = ["--train-steps", "3", "--calib-examples", "16", "--latency-batch", "2", "--latency-tokens", "8",
         "--eval-limit", "32", "--no-progress", "-o", "l0-gates.steps=5"]
 HEADS = ["--plugins", "head-gradient,random,l0-gates,heads,finetune"]
-
-
-def error_of(capsys, argv: list[str]) -> str:
-    status = main(argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("harness: error: "), err
-    return lines[0]
 
 
 @pytest.mark.parametrize(

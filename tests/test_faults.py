@@ -65,6 +65,25 @@ def test_a_plugin_that_segfaults_exits_or_hangs_costs_only_its_cells(model, tmp_
     assert "failed: hangs/heads sparsity 0.5 seed 0: timed out after 20 s" in capsys.readouterr().out
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (this container's pid 1 may never reap orphans)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] != "Z"
+
+
+def test_a_timeout_also_stops_what_the_plugin_started(model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FAULT_PID_FILE", str(tmp_path / "helper.pid"))
+    plugins = "spawns-and-hangs,heads,finetune"
+    assert bench(model, tmp_path / "out", "--cell-timeout", "5", "--no-baselines", plugins=plugins,
+                 objects=(Faulty(),)) == 1
+    assert rows(tmp_path / "out").set_index("scorer").loc["spawns-and-hangs", "error"].startswith("timed out after 5 s")
+    helper = int((tmp_path / "helper.pid").read_text())
+    assert not _running(helper), "the plugin's own subprocess outlived the timed-out unit"
+
+
 def test_in_process_a_system_exit_is_a_cell_error_not_the_end_of_the_grid(model, tmp_path) -> None:
     plugins = "head-gradient,raises-exit,heads,finetune"
     assert bench(model, tmp_path / "out", "--isolation", "none", plugins=plugins, objects=(Faulty(),)) == 1
@@ -175,6 +194,22 @@ def test_editing_a_plugin_changes_its_run_ids_and_forces_its_scoring_pass(model,
     edited = after[after["scorer"] == "edited"]
     assert before["edited"] in set(edited["run_id"]) and len(edited) == 2
     assert set(after[after["scorer"] != "edited"]["run_id"]) == {before["none"], before["head-gradient"]}
+    assert "1 older rows of the same cells (other code or budget) stay in the leaderboard" in out
+    seeds = pd.read_csv(tmp_path / "out" / "leaderboard_seeds.csv").set_index("scorer")
+    assert seeds.loc["edited", "seeds"] == 1 and pd.isna(seeds.loc["edited", "score_sd"]), "old and new never mix"
+
+
+def test_only_the_newest_row_of_a_cell_is_aggregated(tmp_path) -> None:
+    path = tmp_path / "leaderboard.csv"
+    cell = {"model": "m", "task": "t", "adapter": "finetune", "scorer": "s", "pruner": "heads", "granularity": "head",
+            "sparsity": 0.5, "seed": 0, "status": "ok", "metric": "accuracy"}
+    leaderboard.append(path, [{**cell, "run_id": "old-code", "score": 0.2}])
+    leaderboard.append(path, [{**cell, "run_id": "new-code", "score": 0.8}])
+    leaderboard.append(path, [{**cell, "seed": 1, "run_id": "other-seed", "score": 0.6}])
+    frame = leaderboard.read(path)
+    assert len(frame) == 3 and list(leaderboard.current(frame)["run_id"]) == ["new-code", "other-seed"]
+    [row] = leaderboard.aggregate(frame).to_dict("records")
+    assert row["seeds"] == 2 and row["score_mean"] == pytest.approx(0.7)
 
 
 def test_code_identity_follows_the_modules_a_plugin_uses(tmp_path, monkeypatch) -> None:
@@ -184,15 +219,21 @@ def test_code_identity_follows_the_modules_a_plugin_uses(tmp_path, monkeypatch) 
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "helpers.py").write_text("def weight():\n    return 1.0\n")
-    (package / "scorer.py").write_text("from thirdparty.helpers import weight\n\ndef score(request):\n    return weight()\n")
+    (package / "settings.py").write_text("SHIFT = 1.0\n")
+    (package / "scorer.py").write_text("from thirdparty.helpers import weight\nfrom thirdparty.settings import SHIFT\n\n"
+                                       "def score(request):\n    return weight() * SHIFT\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     scorer_module = importlib.import_module("thirdparty.scorer")
     record = Scorer("third", "head", scorer_module.score)
-    assert identity.module_closure("thirdparty.scorer") == ["thirdparty.helpers", "thirdparty.scorer"]
+    closure = identity.module_closure("thirdparty.scorer")
+    assert closure == ["thirdparty.helpers", "thirdparty.scorer", "thirdparty.settings"]
     first = identity.of(record)
     assert first.startswith("(not packaged) ")
     (package / "helpers.py").write_text("def weight():\n    return 2.0\n")
-    assert identity.of(record) != first  # a helper module's edit is the plugin's edit
+    second = identity.of(record)
+    assert second != first  # a helper module's edit is the plugin's edit
+    (package / "settings.py").write_text("SHIFT = -1.0\n")  # a constant imported by value: still seen
+    assert identity.of(record) not in (first, second)
     builtin = identity.of(Scorer("x", "head", identity.of))  # a function of the harness package itself
     assert builtin.startswith("prune-harness ")
 

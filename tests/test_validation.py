@@ -13,6 +13,7 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import error_of
 
 from harness import Scorer, data, hookimpl, provenance
 from harness.cli import main
@@ -42,16 +43,6 @@ def tiny_task(tmp_path: Path) -> Path:
     spec.write_text("name: tiny\ntrain: train.csv\nvalidation: dev.csv\ntext_columns: [text]\n"
                     "label_column: label\nlabel_names: [a, b]\n")
     return spec
-
-
-def error_of(capsys, argv: list[str], extra: tuple[object, ...] = ()) -> str:
-    capsys.readouterr()  # what fixtures printed (progress bars of saving a model) is not the command's
-    status = main(argv, extra=extra)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("harness: error: "), err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- 6. numeric ranges
