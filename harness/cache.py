@@ -14,6 +14,7 @@ on from memory with a warning.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,18 +45,21 @@ def default_root() -> Path:
 def digest(parts: Any) -> str:
     """A stable content hash of JSON-able parts, with the library versions and the harness's own code.
 
+    The versions are the ones ``commands.json`` records (:func:`provenance.versions`:
+    python, torch, transformers, peft, datasets, scikit-learn, numpy, ...).
     Plugins' code identities are part of ``parts`` (see :mod:`harness.identity`):
     a changed line of the harness or of a plugin gives new keys, never a stale hit.
     """
-    import torch
-    import transformers
-
-    from harness import __version__
-
-    versions = {"harness": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                "harness_code": identity.core_code()}
+    versions = {**_versions(), "harness_code": identity.core_code()}
     blob = json.dumps({"parts": parts, "versions": versions}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    from harness import provenance
+
+    return provenance.versions()
 
 
 def fingerprint_folder(location: str) -> str:

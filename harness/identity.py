@@ -18,6 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from harness.models import sha256_of
+
 FUNCTIONS = ("score", "compute_mask", "train", "load")  # the one callable of each role record
 
 
@@ -27,7 +29,7 @@ def core_code() -> str:
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(f"{path.relative_to(root)}\0{sha256_of(path)}\0".encode())
     return h.hexdigest()[:16]
 
 
@@ -120,22 +122,13 @@ def _parsed_imports(name: str, path: str, mtime_ns: int, size: int) -> tuple[str
     return tuple(sorted(found))
 
 
-@functools.lru_cache(maxsize=256)
-def _file_hash(path: str, mtime_ns: int, size: int) -> bytes:
-    return hashlib.sha256(Path(path).read_bytes()).digest()
-
-
 def _source_hash(modules: list[str]) -> str:
     """Hash of the modules' files as they are on disk now (re-read whenever a file changes)."""
     h = hashlib.sha256()
     for name in modules:
         path = getattr(sys.modules.get(name), "__file__", None)
-        if path and Path(path).is_file():
-            stat = Path(path).stat()
-            data = _file_hash(str(path), stat.st_mtime_ns, stat.st_size)
-        else:
-            data = b"(no source)"
-        h.update(name.encode() + b"\0" + data + b"\0")
+        data = sha256_of(Path(path)) if path and Path(path).is_file() else "(no source)"
+        h.update(f"{name}\0{data}\0".encode())
     return h.hexdigest()[:16]
 
 

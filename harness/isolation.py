@@ -104,9 +104,12 @@ def changed_code(plan: Plan, core: str) -> list[str]:
     return sorted(set(changed))
 
 
-def child_main(conn: Any, plan: Plan, spec: Any, done: set[str], skip: frozenset[str], root: Any,
-               threads: int | None, core: str, environ: dict[str, str], streams: tuple[int, int]) -> None:
-    """A child's whole life: one unit, then its cache counters and an end message."""
+def child_main(conn: Any, plan: Plan, spec: Any, skip: frozenset[str], root: Any, threads: int | None, core: str,
+               environ: dict[str, str], streams: tuple[int, int]) -> None:
+    """A child's whole life: the unit's cells not in ``skip``, then its cache counters and an end message.
+
+    (The parent counts the cells that were already done; the child skips them silently.)
+    """
     os.setsid()  # its own process group: stopping it stops whatever a plugin started too
     _adopt(streams)
     os.environ.clear()  # the parent's, not the fork server's (variables set since it started)
@@ -127,7 +130,7 @@ def child_main(conn: Any, plan: Plan, spec: Any, done: set[str], skip: frozenset
     pipe = _Pipe(conn, cache)
     scalars = Scalars(plan.config.tensorboard)
     try:
-        run(make_unit(plan, spec, pipe.row, scalars, cache), done, pipe, skip - done)
+        run(make_unit(plan, spec, pipe.row, scalars, cache), set(), pipe, skip)
     finally:
         scalars.close()
     conn.send(("end", dict(cache.counts)))
@@ -223,15 +226,14 @@ def _stop(process: Any) -> None:
     process.join()
 
 
-def _start(plan: Plan, spec: Any, done: set[str], skip: set[str], cache: Cache) -> tuple[Any, Any]:
+def _start(plan: Plan, spec: Any, skip: set[str], cache: Cache) -> tuple[Any, Any]:
+    from harness import identity
 
     context = _context()
     receive, send = context.Pipe(duplex=False)
-    from harness import identity
-
     threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     process = context.Process(target=child_main, name=f"harness-unit-seed{spec.seed}",
-                              args=(send, shippable(plan), spec, done, frozenset(skip), cache.root, threads,
+                              args=(send, shippable(plan), spec, frozenset(skip), cache.root, threads,
                                     identity.core_code(), dict(os.environ), (_Fd(1), _Fd(2))))
     process.start()
     send.close()  # the parent keeps only its reading end, so EOF means the child is gone
@@ -249,7 +251,7 @@ def run_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None]
     failed: set[str] = set()
     while unit_cells(unit, done | failed | written):
         attempt = _Attempt()
-        process, conn = _start(plan, spec, set(), done | failed | written, cache)
+        process, conn = _start(plan, spec, done | failed | written, cache)
         try:
             why = _watch(process, conn, attempt, write, written, bar, plan)
         finally:

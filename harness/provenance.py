@@ -18,7 +18,8 @@ from typing import Any, Sequence
 from harness import atomic
 
 FILE = "commands.json"
-DISTRIBUTIONS = ("prune-harness", "torch", "transformers", "peft", "datasets", "pandas", "scikit-learn", "pluggy")
+DISTRIBUTIONS = ("prune-harness", "torch", "transformers", "peft", "datasets", "pandas", "scikit-learn", "pluggy",
+                 "numpy", "safetensors")
 
 
 def versions() -> dict[str, str]:

@@ -193,10 +193,10 @@ class Unit:
 
     def spectra_stem(self) -> Any:
         """Where this unit's update spectra go: ``<out>/spectra/<model>-<task>-<adapter>-seed<N>``, slugs only."""
-        from harness.atomic import confined, slug
+        from harness.atomic import confined
 
-        name = f"{slug(self.source.name.rstrip('/').split('/')[-1])}-{slug(self.task.name)}-{slug(self.adapter.name)}"
-        return confined(self.plan.config.out, "spectra", f"{name}-seed{self.seed}")
+        model = self.source.name.rstrip("/").split("/")[-1]
+        return confined(self.plan.config.out, "spectra", f"{model}-{self.task.name}-{self.adapter.name}-seed{self.seed}")
 
     def _train(self) -> tuple[dict[str, Any], dict[str, Any]]:
         c = self.plan.config

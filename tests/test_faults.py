@@ -346,3 +346,13 @@ def test_a_child_refuses_to_run_code_edited_after_the_run_started(tmp_path, monk
     assert isolation.changed_code(plan, "another-harness") == ["harness"]
     (folder / "midrun_plugin.py").write_text(PLUGIN.format(shift=2.0))  # edited while the run goes on
     assert isolation.changed_code(plan, identity.core_code()) == ["edited"]
+
+
+def test_keys_change_with_any_recorded_library_version(monkeypatch) -> None:
+    from harness import cache
+
+    recorded = cache._versions()
+    assert {"torch", "transformers", "peft", "datasets", "scikit-learn", "numpy"} <= set(recorded)
+    before = cache.digest({"cell": 1})
+    monkeypatch.setattr(cache, "_versions", lambda: {**recorded, "peft": "0.0.1"})
+    assert cache.digest({"cell": 1}) != before  # a LoRA result from another PEFT is another result
