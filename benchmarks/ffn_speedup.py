@@ -17,7 +17,7 @@ import copy
 import torch
 from harness_plugins import magnitude, prune_methods
 
-from harness import PruneRequest, ScoreRequest, modeling, surgery
+from harness import PruneRequest, ScoreRequest, measures, modeling, surgery
 from harness.models import load_classifier, resolve
 
 
@@ -43,9 +43,9 @@ def main() -> None:
     model.eval()
     models = {"dense": model, "neurons": neuron_pruned(model, args.sparsity),
               "unstructured": weight_pruned(model, args.sparsity)}
-    inputs = modeling.latency_input(model, 32, 128)
-    times = modeling.compare_latency_ms(list(models.values()), inputs, repeats=args.repeats, warmup=3)
-    flops = [modeling.forward_flops(m, inputs) for m in models.values()]
+    inputs = measures.latency_input(model, 32, 128)
+    times = measures.compare_latency_ms(list(models.values()), inputs, repeats=args.repeats, warmup=3)
+    flops = [measures.forward_flops(m, inputs) for m in models.values()]
     print(f"MiniLM, batch 32 x 128 tokens, {torch.get_num_threads()} threads, median of {args.repeats}, alternating")
     for (name, m), ms, f in zip(models.items(), times, flops):
         print(f"  {name:13s} {ms:8.1f} ms  params {modeling.count_params(m):>10,}  "

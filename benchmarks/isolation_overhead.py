@@ -21,15 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-GRID = ["--no-progress", "--sparsities", "0.5", "--train-steps", "5", "--calib-examples", "32", "--eval-limit", "64",
-        "--latency-batch", "2", "--latency-tokens", "16", "-o", "l0-gates.steps=5"]
+GRID = dict(progress=False, sparsities=[0.5], train_steps=5, calib_examples=32, eval_limit=64, latency_batch=2,
+            latency_tokens=16, options=["l0-gates.steps=5"])
+RUN = "import harness, sys; harness.run(isolation=sys.argv[1], out=sys.argv[2], **{grid})"
 
 
 def timed(mode: str, folder: Path, index: int) -> float:
     """Wall seconds of one fresh run (its own cache and output, so nothing is reused)."""
     env = {**os.environ, "HARNESS_CACHE": str(folder / f"cache-{mode}-{index}")}
-    argv = [sys.executable, "-m", "harness.cli", "bench", "--isolation", mode, "--out", str(folder / f"{mode}-{index}"),
-            *GRID]
+    argv = [sys.executable, "-c", RUN.format(grid=GRID), mode, str(folder / f"{mode}-{index}")]
     start = time.perf_counter()
     subprocess.run(argv, env=env, check=True, capture_output=True)
     return time.perf_counter() - start

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.cli import main as harness_main
+import harness
 
 METHODS = ("l0-gates", "head-gradient", "random")
 SPARSITIES = (0.25, 0.5, 0.75)
@@ -58,11 +58,10 @@ def main() -> None:
     args = parser.parse_args()
     csv = args.from_csv
     if csv is None:
-        harness_main([
-            "bench", "--tasks", "sst2", "--data-dir", str(args.data_dir), "--plugins", ",".join(METHODS),
-            "--seeds", "0,1,2", "--sparsities", ",".join(map(str, SPARSITIES)), "--out", str(args.out),
-        ])
-        csv = args.out / "leaderboard.csv"
+        result = harness.run(tasks=["sst2"], data_dir=args.data_dir, plugins=list(METHODS), seeds=[0, 1, 2],
+                             sparsities=SPARSITIES, out=args.out, command="benchmarks/l0_heads.py")
+        report(result.leaderboard)
+        return
     report(pd.read_csv(csv, keep_default_na=False))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from harness_plugins import glue, head_gradient, synthetic
 
-from harness import ScoreRequest, TaskRequest, data, modeling
+from harness import ScoreRequest, TaskRequest, batching, modeling
 from harness.models import load_classifier, resolve
 
 
@@ -38,8 +38,8 @@ def main() -> None:
     use_sst2 = (args.data_dir / "sst2").is_dir()
     task = glue.load(TaskRequest(args.data_dir, 0, {"max_length": 64})) if use_sst2 else synthetic.load(TaskRequest(None, 0))
     model, tokenizer = load_classifier(resolve(args.model), task.label_names, seed=0)
-    indices = data.calibration_indices(task.train, args.examples, seed=0)
-    batches = data.batches(tokenizer, task.train, 32, task.max_length, indices)
+    indices = batching.calibration_indices(task.train, args.examples, seed=0)
+    batches = batching.batches(tokenizer, task.train, 32, task.max_length, indices)
     request = ScoreRequest(model, batches, 0, dict(head_gradient.OPTIONS))
     times: dict[str, list[float]] = {"scoring": [], "forward+backward": []}
     for i in range(args.repeats + 1):

@@ -67,14 +67,14 @@ def read_text(path: Path | None, sentences: int) -> str:
 
 def blocks(tokenizer: Any, text: str, length: int) -> torch.Tensor:
     """The text's token stream cut into full blocks of ``length`` tokens, as the harness's LM tasks do."""
-    from harness.feeds import token_blocks
+    from harness.batching import token_blocks
     from harness.records import Split
 
     return token_blocks(tokenizer, Split((text,), ()), length)
 
 
 def batches(data: torch.Tensor, size: int) -> list[dict[str, torch.Tensor]]:
-    from harness.feeds import block_batch
+    from harness.batching import block_batch
 
     return [block_batch(data[i : i + size]) for i in range(0, len(data), size)]
 
@@ -132,8 +132,8 @@ def parse() -> argparse.Namespace:
 def main() -> None:
     import torch
 
-    from harness import modeling
-    from harness.feeds import perplexity
+    from harness import measures
+    from harness.batching import perplexity
 
     args = parse()
     torch.manual_seed(args.seed)
@@ -150,11 +150,11 @@ def main() -> None:
     random_scores = torch.rand(scores.shape, generator=torch.Generator().manual_seed(args.seed))
     pruned = {"head-gradient": prune(model, scores, args.scope), "random": prune(model, random_scores, args.scope)}
     inputs = {"input_ids": data[:8], "attention_mask": torch.ones_like(data[:8])}
-    latencies = modeling.compare_latency_ms([model, *pruned.values()], inputs, repeats=args.repeats, warmup=1)
+    latencies = measures.compare_latency_ms([model, *pruned.values()], inputs, repeats=args.repeats, warmup=1)
     print(f"gqa=groups scope={args.scope}: 1/3 of the key/value groups removed; latency batch 8 x 128, "
           f"median of {args.repeats}, models timed alternately")
     models = {"dense": model, **pruned}
-    flops = {name: modeling.forward_flops(m, inputs) for name, m in models.items()}
+    flops = {name: measures.forward_flops(m, inputs) for name, m in models.items()}
     for (name, m), latency in zip(models.items(), latencies):
         ppl = perplexity(m, batches(held_out, 8))
         print(describe(name, m, ppl, latency, (latencies[0], flops["dense"]), flops[name]))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from harness import modeling, surgery
-from harness.cli import main as harness_main
+import harness
+from harness import measures, surgery
 from harness.models import load_classifier, resolve
 
 SPARSITIES = (0.25, 0.5, 0.75)
@@ -26,12 +26,12 @@ SPARSITIES = (0.25, 0.5, 0.75)
 def flop_ideal(sparsity: float) -> float:
     """Dense FLOPs / FLOPs with the same fraction of heads removed from every layer of MiniLM."""
     model, _ = load_classifier(resolve("minilm"), ("negative", "positive"), seed=0)
-    inputs = modeling.latency_input(model)
-    dense = modeling.forward_flops(model, inputs)
+    inputs = measures.latency_input(model)
+    dense = measures.forward_flops(model, inputs)
     geometry = surgery.head_geometry(model)
     keep = torch.ones(geometry.num_layers, max(geometry.heads_per_layer), dtype=torch.bool)
     keep[:, : round(sparsity * keep.shape[1])] = False
-    return dense / modeling.forward_flops(surgery.remove_heads(model, keep), inputs)
+    return dense / measures.forward_flops(surgery.remove_heads(model, keep), inputs)
 
 
 def report(frame: pd.DataFrame) -> None:
@@ -60,11 +60,10 @@ def main() -> None:
     args = parser.parse_args()
     csv = args.from_csv
     if csv is None:
-        harness_main([
-            "bench", "--tasks", "sst2", "--data-dir", str(args.data_dir), "--plugins", "head-gradient,random",
-            "--seeds", "0,1,2", "--sparsities", ",".join(map(str, SPARSITIES)), "--out", str(args.out),
-        ])
-        csv = args.out / "leaderboard.csv"
+        result = harness.run(tasks=["sst2"], data_dir=args.data_dir, plugins=["head-gradient", "random"],
+                             seeds=[0, 1, 2], sparsities=SPARSITIES, out=args.out, command="benchmarks/sst2_heads.py")
+        report(result.leaderboard)
+        return
     report(pd.read_csv(csv, keep_default_na=False))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.cli import main as harness_main
+import harness
 
 SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9)
 PLUGINS = ("magnitude,gradient,taylor,random-weight,unstructured,global-unstructured,"
@@ -82,9 +82,10 @@ def main() -> None:
     args = parser.parse_args()
     csv = args.from_csv
     if csv is None:
-        harness_main(["bench", "--tasks", "sst2", "--data-dir", str(args.data_dir), "--plugins", PLUGINS,
-                      "--seeds", "0,1,2", "--sparsities", ",".join(map(str, SPARSITIES)), "--out", str(args.out)])
-        csv = args.out / "leaderboard.csv"
+        result = harness.run(tasks=["sst2"], data_dir=args.data_dir, plugins=PLUGINS.split(","), seeds=[0, 1, 2],
+                             sparsities=SPARSITIES, out=args.out, command="benchmarks/sst2_weights.py")
+        report(result.leaderboard)
+        return
     report(pd.read_csv(csv, keep_default_na=False))
 
 

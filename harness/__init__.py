@@ -1,17 +1,20 @@
 """prune-harness: score, prune and adapt pretrained transformers, and benchmark it honestly.
 
-Plugins need only this package's public names: ``hookimpl``, the records in
-:mod:`harness.records`, head surgery in :mod:`harness.surgery` and the loss
-helpers in :mod:`harness.modeling`. Nothing heavy is imported here.
+``harness.run(...)`` runs a grid from Python. Plugins need only this package's public names: ``hookimpl``, the records in
+:mod:`harness.records`, typed options (``Options``, ``option``), head surgery
+in :mod:`harness.surgery` and the loss helpers in :mod:`harness.modeling`.
+Nothing heavy is imported here.
 """
 
 from __future__ import annotations
 
 import pluggy
 
+from harness.options import Options, option
 from harness.records import (
     Adapter,
     Batch,
+    Granularity,
     Pruner,
     PruneRequest,
     Scorer,
@@ -27,9 +30,18 @@ from harness.records import (
 __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("harness")
 
+
+def run(config: object = None, **settings: object) -> object:
+    """Run a bench grid from Python; see :func:`harness.api.run` (imported on call: ``import harness`` stays light)."""
+    from harness.api import run as run_grid
+
+    return run_grid(config, **settings)  # type: ignore[arg-type]
+
 __all__ = [
     "Adapter",
     "Batch",
+    "Granularity",
+    "Options",
     "PruneRequest",
     "Pruner",
     "ScoreRequest",
@@ -41,4 +53,6 @@ __all__ = [
     "TrainRequest",
     "TrainResult",
     "hookimpl",
+    "option",
+    "run",
 ]

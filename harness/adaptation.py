@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from harness import surgery
-from harness.plugins import options_for
-from harness.records import Pruner, TaskData, TrainRequest
+from harness.records import Adapter, TaskData, TrainRequest
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-    from harness.runner import Unit
 
 RANK_COLUMNS = ("erank_q", "erank_k", "erank_v")
 # a classifier whose training loss ends above this share of the label prior's entropy learned next to nothing
@@ -82,26 +79,21 @@ def row_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
     return columns
 
 
-def recover(unit: Unit, model: nn.Module, pruner: Pruner, keep: Any) -> tuple[nn.Module, dict[str, float], tuple[str, ...]]:
-    """Train a pruned model with the plan's recovery adapter; re-mask weights; the cost as extras, and flags."""
+def recover(adapter: Adapter, request: TrainRequest, held: Mapping[str, torch.Tensor],
+            data: TaskData) -> tuple[nn.Module, dict[str, float], tuple[str, ...]]:
+    """Train a pruned model with a recovery adapter, ``held`` weights kept at zero; its cost as extras, and flags."""
     import time
 
-    adapter, c = unit.plan.recovery, unit.plan.config
-    assert adapter is not None
-    stream = unit.feed.stream(c.recover_steps, c.batch_size, unit.seed + 1)
-    options = options_for(adapter, unit.plan.overrides)
-    request = TrainRequest(model, stream, c.recover_steps, c.learning_rate, unit.seed, options)
-    masks = {name: mask.bool() for name, mask in keep.items()} if pruner.granularity == "weight" else {}
     start = time.perf_counter()
-    with surgery.hold_weight_masks(model, masks):
+    with surgery.hold_weight_masks(request.model, held):
         result = adapter.train(request)
     seconds = time.perf_counter() - start
     recovered = result.model.eval()
-    if masks:  # a merged low-rank update is dense: mask once more
-        surgery.apply_weight_masks(recovered, masks)
+    if held:  # a merged low-rank update is dense: mask once more
+        surgery.apply_weight_masks(recovered, held)
     extras = {"recovery/train_s": seconds, "recovery/trainable_params": float(result.trainable_params),
               "recovery/final_loss": float(result.final_loss)}
-    return recovered, extras, training_flags(trained_loss(result), unit.data, "recovery")
+    return recovered, extras, training_flags(trained_loss(result), data, "recovery")
 
 
 def trained_loss(result: Any) -> float | None:

@@ -36,157 +36,156 @@ def _typed(values: Sequence[str], kind: Callable[[str], T], what: str) -> tuple[
     return tuple(parsed)
 
 
-def _bench_arguments(bench: argparse.ArgumentParser) -> None:
-    from harness.bench import DEFAULT_ADAPTER, BenchConfig
+# flag -> (setting, how its values are read); a flag not given leaves the setting to --config or the default
+FLAGS: dict[str, tuple[str, str]] = {
+    "plugins": ("plugins", "items"), "models": ("models", "items"), "tasks": ("tasks", "items"),
+    "sparsities": ("sparsities", "floats"), "seeds": ("seeds", "ints"), "out": ("out", "value"),
+    "data_dir": ("data_dir", "value"), "option": ("options", "value"), "train_steps": ("train_steps", "value"),
+    "batch_size": ("batch_size", "value"), "lr": ("learning_rate", "value"),
+    "calib_examples": ("calib_examples", "value"), "latency_batch": ("latency_batch", "value"),
+    "latency_tokens": ("latency_tokens", "value"), "eval_limit": ("eval_limit", "value"),
+    "tensorboard": ("tensorboard", "value"), "targets": ("targets", "value"), "cache": ("cache", "value"),
+    "executor": ("executor", "value"), "address": ("address", "value"), "cpus_per_task": ("cpus_per_task", "value"),
+    "retries": ("retries", "value"), "recover": ("recover", "value"), "recover_steps": ("recover_steps", "value"),
+    "isolation": ("isolation", "value"), "cell_timeout": ("cell_timeout", "value"),
+}
 
-    d = BenchConfig()  # one place for the defaults
+
+def _bench_arguments(bench: argparse.ArgumentParser) -> None:
+    from harness.config import BenchConfig
+    from harness.planning import DEFAULT_ADAPTER
+
+    d = BenchConfig()  # one place for the defaults, shown in --help
+    g, b, m, e = d.grid, d.budget, d.measure, d.execution
     add = bench.add_argument
-    add("--plugins", nargs="+", default=list(d.plugins),
-        help="scorer/pruner/adapter names, or 'all' (every installed plugin); default: "
-        f"{','.join(d.plugins)} with their random baselines, adapter {DEFAULT_ADAPTER}")
-    add("--models", nargs="+", default=list(d.models), help="'minilm', a local model folder or a hub id")
-    add("--tasks", nargs="+", default=list(d.tasks), help="task names (see 'harness list') or task files (.yaml/.json)")
-    add("--sparsities", nargs="+", default=[",".join(map(str, d.sparsities))], help="fractions of units to remove, in [0, 1)")
-    add("--seeds", nargs="+", default=[",".join(map(str, d.seeds))], help="integer seeds")
-    add("--out", type=Path, default=d.out, help="output folder (leaderboard.csv)")
-    add("--data-dir", type=Path, default=None, help="local task data, e.g. ../shared/data")
-    add("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="plugin option")
-    add("--train-steps", type=int, default=None, help="fine-tuning steps per (model, task, seed); default: the task's")
-    add("--batch-size", type=int, default=d.batch_size)
-    add("--lr", type=float, default=d.learning_rate, help="learning rate of the adapter")
-    add("--calib-examples", type=int, default=d.calib_examples, help="training examples the scorers see")
-    add("--latency-batch", type=int, default=d.latency_batch)
-    add("--latency-tokens", type=int, default=d.latency_tokens)
-    add("--eval-limit", type=int, default=None, help="evaluate on the first N validation examples only")
-    add("--tensorboard", type=Path, default=None, metavar="DIR", help="write per-run TensorBoard scalars here")
-    add("--targets", default=d.targets, help="weight groups weight pruners act on: linear, attention, ffn, "
-        "qkv or any of q,k,v,o,ffn_in,ffn_out (default: linear; embeddings and classifier are never pruned)")
-    add("--no-baselines", action="store_true", help="do not add random (and magnitude) baselines to the grid")
-    add("--cache", type=Path, default=None, metavar="DIR",
+    add("--config", type=Path, default=None, metavar="GRID.toml",
+        help="settings from a grid file (tables [grid], [budget], [measure], [execution]); flags override it")
+    add("--plugins", nargs="+", help="scorer/pruner/adapter names, or 'all' (every installed plugin); default: "
+        f"{','.join(g.plugins)} with their baselines, adapter {DEFAULT_ADAPTER}")
+    add("--models", nargs="+", help=f"'minilm', a local model folder or a hub id (default: {','.join(g.models)})")
+    add("--tasks", nargs="+", help=f"task names (see 'harness list') or task files (.yaml/.json) (default: {','.join(g.tasks)})")
+    add("--sparsities", nargs="+", help=f"fractions of units to remove, in [0, 1) (default: {','.join(map(str, g.sparsities))})")
+    add("--seeds", nargs="+", help=f"integer seeds (default: {','.join(map(str, g.seeds))})")
+    add("--out", type=Path, help=f"output folder (leaderboard.csv) (default: {e.out})")
+    add("--data-dir", type=Path, help="local task data, e.g. ../shared/data (default: none, the hub)")
+    add("-o", "--option", action="append", metavar="PLUGIN.KEY=VALUE", help="plugin option (see 'harness list --options')")
+    add("--train-steps", type=int, help="fine-tuning steps per (model, task, seed) (default: the task's, else 300)")
+    add("--batch-size", type=int, help=f"training and calibration batch size (default: {b.batch_size})")
+    add("--lr", type=float, help=f"learning rate of the adapter (default: {b.learning_rate:g})")
+    add("--calib-examples", type=int, help=f"training examples the scorers see (default: {b.calib_examples})")
+    add("--latency-batch", type=int, help=f"batch size of the latency input (default: {m.latency_batch})")
+    add("--latency-tokens", type=int, help=f"tokens per sequence of the latency input (default: {m.latency_tokens})")
+    add("--eval-limit", type=int, help="evaluate on the first N validation examples only (default: all)")
+    add("--tensorboard", type=Path, metavar="DIR", help="write per-run TensorBoard scalars here (default: none)")
+    add("--targets", help="weight groups weight pruners act on: linear, attention, ffn, qkv or any of "
+        f"q,k,v,o,ffn_in,ffn_out (default: {g.targets}; embeddings and classifier are never pruned)")
+    add("--no-baselines", action="store_true", default=None, help="do not add random (and magnitude) baselines")
+    add("--cache", type=Path, metavar="DIR",
         help="cache of fine-tuned models and scores (default: $HARNESS_CACHE or ~/.cache/prune-harness)")
-    add("--no-cache", action="store_true", help="neither read nor write the cache")
-    add("--executor", choices=("local", "ray"), default=d.executor, help="run units here or as Ray tasks")
-    add("--address", default=None, help="address of an existing Ray cluster (default: start a local one)")
-    add("--cpus-per-task", type=float, default=d.cpus_per_task, help="Ray CPUs reserved per unit")
-    add("--retries", type=int, default=d.retries, help="Ray retries of a unit whose worker died")
-    add("--recover", default=None, metavar="ADAPTER",
+    add("--no-cache", action="store_true", default=None, help="neither read nor write the cache")
+    add("--executor", choices=("local", "ray"), help=f"run units here or as Ray tasks (default: {e.executor})")
+    add("--address", help="address of an existing Ray cluster (default: start a local one)")
+    add("--cpus-per-task", type=float, help=f"Ray CPUs reserved per unit (default: {e.cpus_per_task:g})")
+    add("--retries", type=int, help=f"Ray retries of a unit whose worker died (default: {e.retries})")
+    add("--recover", metavar="ADAPTER",
         help="train every pruned model again with this adapter (e.g. finetune, lora); rows before and after")
-    add("--recover-steps", type=int, default=d.recover_steps, help="training steps of the recovery")
-    add("--isolation", choices=("process", "none"), default=d.isolation,
+    add("--recover-steps", type=int, help=f"training steps of the recovery (default: {b.recover_steps})")
+    add("--isolation", choices=("process", "none"),
         help="'process' (default): run each unit in a child process, so a plugin that crashes, exits or hangs "
         "costs only its cells; 'none': in this process (plugins registered from Python that cannot be pickled)")
-    add("--cell-timeout", type=float, default=d.cell_timeout, metavar="SECONDS",
+    add("--cell-timeout", type=float, metavar="SECONDS",
         help=f"longest a fine-tune, scoring pass or cell may run before it is stopped and its cells fail "
-        f"(default {d.cell_timeout:g}; 0: no limit; needs --isolation process)")
-    add("--no-progress", action="store_true", help="no progress bar")
+        f"(default {e.cell_timeout:g}; 0: no limit; needs --isolation process)")
+    add("--no-progress", action="store_true", default=None, help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="harness", description="Score, prune and adapt transformers; benchmark them honestly.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _bench_arguments(commands.add_parser("bench", help="run a benchmark grid and write a leaderboard"))
-    commands.add_parser("list", help="list installed plugins: role, name, distribution")
+    listing = commands.add_parser("list", help="list installed plugins: role, name, distribution")
+    listing.add_argument("--options", action="store_true",
+                         help="under each plugin, its options: name, type, default, choices or range, help")
     report = commands.add_parser("report", help="Markdown + HTML leaderboard and PNG plots from a bench output folder")
     report.add_argument("out", type=Path, help="the --out folder of a bench run")
     report.add_argument("--to", type=Path, default=None, help="where to write (default: OUT/report)")
     return parser
 
 
+def _settings(args: argparse.Namespace) -> dict[str, object]:
+    """The settings the flags given on the command line change (by their config field names)."""
+    settings: dict[str, object] = {}
+    for flag, (name, how) in FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if how == "items":
+            value = tuple(_items(value))
+        elif how in ("floats", "ints"):
+            value = _typed(value, float if how == "floats" else int, "sparsity" if how == "floats" else "seed")
+        elif flag == "option":
+            value = tuple(value)
+        settings[name] = value
+    for flag, name in (("no_baselines", "baselines"), ("no_cache", "use_cache"), ("no_progress", "progress")):
+        if getattr(args, flag):
+            settings[name] = False
+    return settings
+
+
 def _config(args: argparse.Namespace) -> object:
-    from harness.bench import BenchConfig
+    """The grid file (if any) with the flags given applied on top."""
+    from harness.api import configure
 
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
-    return BenchConfig(
-        models=tuple(_items(args.models)),
-        tasks=tuple(_items(args.tasks)),
-        plugins=tuple(_items(args.plugins)),
-        sparsities=_typed(args.sparsities, float, "sparsity"),
-        seeds=_typed(args.seeds, int, "seed"),
-        out=args.out,
-        data_dir=args.data_dir,
-        options=tuple(args.option),
-        train_steps=args.train_steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        calib_examples=args.calib_examples,
-        latency_batch=args.latency_batch,
-        latency_tokens=args.latency_tokens,
-        eval_limit=args.eval_limit,
-        tensorboard=args.tensorboard,
-        targets=args.targets,
-        baselines=not args.no_baselines,
-        cache=args.cache,
-        use_cache=not args.no_cache,
-        executor=args.executor,
-        address=args.address,
-        cpus_per_task=args.cpus_per_task,
-        retries=args.retries,
-        recover=args.recover,
-        recover_steps=args.recover_steps,
-        isolation=args.isolation,
-        cell_timeout=args.cell_timeout,
-    )
-
-
-def _check_output(out: Path) -> None:
-    """Before any work: ``--out`` can be written and its leaderboard read (it is never overwritten if not)."""
-    from harness import atomic, leaderboard
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out / ".write-test", "").unlink()
-    except OSError as error:
-        raise UsageError(f"--out {out} cannot be written ({error.strerror or error})") from None
-    leaderboard.read(out / "leaderboard.csv")
+    config = configure(args.config, **_settings(args))
+    data_dir = config.execution.data_dir
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UsageError(f"data_dir {data_dir} (from --config) is not a folder")
+    return config
 
 
 def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
     from harness import leaderboard, provenance
-    from harness.bench import make_plan
-    from harness.executor import execute
-    from harness.plugins import load_registry, parse_options
+    from harness.api import run
 
-    config = _config(args)
-    registry = load_registry(extra)
-    plan = make_plan(config, registry, parse_options(config.options, registry))
-    _check_output(Path(config.out))
-    provenance.record(Path(config.out), args.argv)
-    print(f"harness: {plan.total_cells()} cells -> {Path(config.out) / 'leaderboard.csv'}", file=sys.stderr)
-    rows = execute(plan, progress=not args.no_progress)
-    stored = leaderboard.read(Path(config.out) / "leaderboard.csv")
-    everything = leaderboard.current(stored)
-    print(leaderboard.summary(everything))
-    leaderboard.write_aggregate(everything, Path(config.out) / "leaderboard_seeds.csv")
-    failed = rows[rows["status"] != "ok"]
-    counts = rows.attrs.get("counts", {})
-    print(f"{len(rows) - len(failed)} ok, {len(failed)} failed, {counts.get('cells_skipped', 0)} already done; "
-          f"fine-tunes run {counts.get('fine_tunes_run', 0)} (cached {counts.get('models_hit', 0)}), "
-          f"scoring passes run {counts.get('scoring_runs', 0)} (cached {counts.get('scores_hit', 0)})"
-          + (f"; corrupt cache entries recomputed {counts['corrupt_entries']}" if counts.get("corrupt_entries") else ""))
-    print(f"leaderboard: {Path(config.out) / 'leaderboard.csv'}; over seeds: {Path(config.out) / 'leaderboard_seeds.csv'}")
-    if len(stored) > len(everything):
-        print(f"{len(stored) - len(everything)} older rows of the same cells (other code or budget) stay in the "
+    result = run(_config(args), plugins_objects=extra, command=provenance.command_line(args.argv))
+    out = result.out
+    print(leaderboard.summary(result.leaderboard))
+    print(result.summary())
+    print(f"leaderboard: {out / 'leaderboard.csv'}; over seeds: {out / 'leaderboard_seeds.csv'}")
+    if result.older_rows:
+        print(f"{result.older_rows} older rows of the same cells (other code or budget) stay in the "
               "leaderboard but are left out of the summary and the aggregate")
-    flagged = leaderboard.flag_counts(everything)
+    flagged = leaderboard.flag_counts(result.leaderboard)
     if flagged:
         print("flagged rows in the leaderboard (see the flags column): " + ", ".join(f"{flag} {n}" for flag, n in flagged.items()))
-    for _, row in failed.iterrows():
+    for _, row in result.failed.iterrows():
         print(f"  failed: {row['scorer']}/{row['pruner']} sparsity {row['sparsity']} seed {row['seed']}: {row['error']}")
-    return 1 if len(failed) else 0
+    return 0 if result.ok else 1
 
 
 def cmd_list(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
-    """One line per record; a name two distributions register shows as ``DIST:NAME``, what selects it."""
+    """One line per record; a name two distributions register shows as ``DIST:NAME``, what selects it.
+
+    With ``--options``, each record's options follow it, indented, from the one
+    description ``-o`` is checked against (typed or dict options alike).
+    """
+    from harness.options import describe, table
     from harness.plugins import load_registry
 
     registry = load_registry(extra)
     rows = [(item, registry.label(item)) for item in registry]
     width = max((len(label) for _, label in rows), default=4)
-    print(f"{'role':8} {'name':{width}} {'unit':7} distribution")
+    roles = max((len(item.role) for item, _ in rows), default=4)
+    print(f"{'role':{roles}} {'name':{width}} {'unit':7} distribution")
+    if getattr(args, "options", False):
+        print("    option  type  default  choices|range  help")
     for item, label in rows:
         unit = getattr(item.record, "granularity", "-")
-        print(f"{item.role:8} {label:{width}} {unit:7} {item.dist}")
+        print(f"{item.role:{roles}} {label:{width}} {unit:7} {item.dist}")
+        for line in table(describe(item.record)) if getattr(args, "options", False) else ():
+            print(f"    {line}")
     return 0
 
 

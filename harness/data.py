@@ -7,13 +7,13 @@ import difflib
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Sized
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from harness.errors import UsageError
-from harness.records import METRICS, Batch, Split, Task, TaskData, TaskRequest
+from harness.records import METRICS, Split, Task, TaskData, TaskRequest
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    pass
 
 _FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 TASK_FILE_FIELDS = (
@@ -251,66 +251,3 @@ def load_task_file(path: Path) -> Task:
                         steps, "causal-lm" if language else "classification")
 
     return Task(name=task_name(path, spec), load=load, description=f"task file {path}")
-
-
-def tokenize(tokenizer: PreTrainedTokenizerBase, split: Split, indices: Sequence[int], max_length: int) -> Batch:
-    import torch
-
-    text_a = [split.text_a[i] for i in indices]
-    text_b = [split.text_b[i] for i in indices] if split.text_b is not None else None
-    encoded = tokenizer(text_a, text_b, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    batch = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    batch["labels"] = torch.tensor([split.labels[i] for i in indices])
-    return batch
-
-
-def batches(
-    tokenizer: PreTrainedTokenizerBase, split: Split, batch_size: int, max_length: int, indices: Sequence[int] | None = None
-) -> list[Batch]:
-    """Fixed batches in order (evaluation, calibration); sorted by length to waste less padding."""
-    order = list(range(len(split))) if indices is None else list(indices)
-    order.sort(key=lambda i: len(split.text_a[i]) + len(split.text_b[i] if split.text_b else ""))
-    return [tokenize(tokenizer, split, order[i : i + batch_size], max_length) for i in range(0, len(order), batch_size)]
-
-
-def training_stream(
-    tokenizer: PreTrainedTokenizerBase, split: Split, steps: int, batch_size: int, max_length: int, seed: int
-) -> Iterator[Batch]:
-    """Exactly ``steps`` shuffled batches, reshuffling each epoch with a seeded generator."""
-    for chunk in shuffled_chunks(len(split), steps, batch_size, seed):
-        yield tokenize(tokenizer, split, chunk, max_length)
-
-
-def shuffled_chunks(size: int, steps: int, batch_size: int, seed: int) -> Iterator[list[int]]:
-    """``steps`` lists of ``batch_size`` indices below ``size``: seeded epochs, reshuffled each time."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    order: list[int] = []
-    for _ in range(steps):
-        while len(order) < batch_size:
-            order.extend(rng.permutation(size).tolist())
-        chunk, order = order[:batch_size], order[batch_size:]
-        yield chunk
-
-
-def calibration_indices(split: Sized, count: int, seed: int) -> list[int]:
-    """A seeded, sorted sample of ``count`` indices of ``split`` (anything with a length)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed + 10_000)
-    return sorted(rng.permutation(len(split))[: min(count, len(split))].tolist())
-
-
-def metric_value(name: str, labels: Sequence[int], predictions: Sequence[int], num_labels: int = 2) -> float:
-    """The task's primary metric, from scikit-learn (F1 is binary for two labels, macro above)."""
-    from sklearn import metrics
-
-    if name == "accuracy":
-        return float(metrics.accuracy_score(labels, predictions))
-    if name == "f1":
-        average = "binary" if num_labels == 2 else "macro"
-        return float(metrics.f1_score(labels, predictions, average=average, zero_division=0))
-    if name == "mcc":
-        return float(metrics.matthews_corrcoef(labels, predictions))
-    raise ValueError(f"unknown metric {name!r}")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import pluggy
 
-from harness.records import Adapter, Pruner, Scorer, Task
+from harness.records import Adapter, Granularity, Pruner, Scorer, Task
 
 PROJECT = "harness"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -35,3 +35,8 @@ def harness_adapters() -> Sequence[Adapter]:
 @hookspec
 def harness_tasks() -> Sequence[Task]:
     """Return the tasks this plugin provides (data and metric)."""
+
+
+@hookspec
+def harness_granularities() -> Sequence[Granularity]:
+    """Return the granularities this plugin provides (what a unit of pruning is: its shapes, surgery and scope)."""

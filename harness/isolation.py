@@ -21,9 +21,9 @@ import sys
 import time
 from typing import Any, Callable
 
-from harness.bench import Plan
 from harness.cache import Cache
 from harness.errors import UsageError
+from harness.planning import Plan
 
 Row = dict[str, Any]
 POLL_S = 0.2
@@ -97,7 +97,8 @@ def changed_code(plan: Plan, core: str) -> list[str]:
     from harness import identity
 
     changed = ["harness"] if identity.core_code() != core else []
-    records = [*plan.adapters, plan.recovery, *(r for method in plan.methods for r in method)]
+    records = [*plan.adapters, plan.recovery, *(r for method in plan.methods for r in method),
+               *plan.granularities.values()]
     for record in records:  # tasks ran in the parent, with the code it hashed
         if record is not None and identity.of(record) != plan.code_of(record):
             changed.append(record.name)
@@ -114,9 +115,9 @@ def child_main(conn: Any, plan: Plan, spec: Any, skip: frozenset[str], root: Any
     _adopt(streams)
     os.environ.clear()  # the parent's, not the fork server's (variables set since it started)
     os.environ.update(environ)
-    from harness.executor import make_unit
-    from harness.executor import run_unit as run
-    from harness.tracking import Scalars
+    from harness.cells import run_unit as run
+    from harness.tensorboard import Scalars
+    from harness.unit import make_unit
 
     changed = changed_code(plan, core)
     if changed:  # results would carry ids of code that did not compute them
@@ -128,7 +129,7 @@ def child_main(conn: Any, plan: Plan, spec: Any, skip: frozenset[str], root: Any
         torch.set_num_threads(threads)
     cache = Cache(root)
     pipe = _Pipe(conn, cache)
-    scalars = Scalars(plan.config.tensorboard)
+    scalars = Scalars(plan.config.execution.tensorboard)
     try:
         run(make_unit(plan, spec, pipe.row, scalars, cache), set(), pipe, skip)
     finally:
@@ -181,7 +182,7 @@ def _handle(message: tuple, attempt: _Attempt, write: Callable[[Row], None], wri
 def _watch(process: Any, conn: Any, attempt: _Attempt, write: Callable[[Row], None], written: set[str],
            bar: Any, plan: Plan) -> str | None:
     """Relay the child's messages until it ends; why it failed (None when it finished its unit)."""
-    timeout = plan.config.cell_timeout
+    timeout = plan.config.execution.cell_timeout
     while True:
         if conn.poll(POLL_S):
             try:
@@ -212,7 +213,7 @@ def _context() -> Any:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "transformers", "harness.isolation", "harness.executor"])
+    context.set_forkserver_preload(["torch", "transformers", "harness.isolation", "harness.cells", "harness.unit"])
     return context
 
 
@@ -242,8 +243,9 @@ def _start(plan: Plan, spec: Any, skip: set[str], cache: Cache) -> tuple[Any, An
 
 def run_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None], bar: Any, cache: Cache) -> None:
     """One unit in child processes: a new child after each failed step, until every cell has a row."""
-    from harness.executor import make_unit, unit_cells
-    from harness.tracking import Scalars
+    from harness.cells import unit_cells
+    from harness.tensorboard import Scalars
+    from harness.unit import make_unit
 
     unit = make_unit(plan, spec, write, Scalars(None), Cache(None))  # identity rows only: nothing is loaded
     cache.counts["cells_skipped"] += plan.cells_per_unit() - len(unit_cells(unit, done))
@@ -262,7 +264,7 @@ def run_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None]
             return
         lost = [row for row in attempt.pending if str(row["run_id"]) not in written]
         if not lost:  # it died outside any step (starting up): the unit's remaining cells are what it cost
-            lost = [unit.row(*cell) for cell in unit_cells(unit, done | failed | written)]
+            lost = [unit.row(cell) for cell in unit_cells(unit, done | failed | written)]
         for row in lost:
             write({**row, "status": "error", "error": f"{why} (during {attempt.label})"})
             failed.add(str(row["run_id"]))

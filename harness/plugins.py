@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
@@ -21,6 +20,7 @@ import pluggy
 
 from harness import hookspecs
 from harness.errors import UsageError
+from harness.options import OptionSpec, describe, range_problem, resolve
 from harness.records import ROLE_RECORDS
 
 ENTRY_POINT_GROUP = "harness"
@@ -29,6 +29,7 @@ ROLE_HOOKS = {
     "pruner": "harness_pruners",
     "adapter": "harness_adapters",
     "task": "harness_tasks",
+    "granularity": "harness_granularities",
 }
 DIRECT = "(registered directly)"
 
@@ -206,9 +207,9 @@ def load_registry(extra: Iterable[object] = ()) -> Registry:
     return collect(make_manager(extra=extra))
 
 
-def _coerce(default: Any, raw: str, where: str) -> Any:
-    """Parse a command-line option value to the type of the plugin's default."""
-    if isinstance(default, bool):
+def _coerce(spec: OptionSpec, raw: str, where: str) -> Any:
+    """Parse a command-line option value to the option's declared type (legacy: its default's)."""
+    if spec.type == "bool":
         lowered = raw.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
@@ -216,24 +217,20 @@ def _coerce(default: Any, raw: str, where: str) -> Any:
             return False
         raise UsageError(f"option {where} takes true or false, not {raw!r}")
     try:
-        if isinstance(default, int):
+        if spec.type == "int":
             return int(raw)
-        if isinstance(default, float):
+        if spec.type == "float":
             return float(raw)
     except ValueError:
-        raise UsageError(f"option {where} takes a {type(default).__name__}, not {raw!r}") from None
+        raise UsageError(f"option {where} takes a {spec.type}, not {raw!r}") from None
     return raw
 
 
-def _check_range(value: Any, bounds: tuple[float | None, float | None], where: str) -> None:
-    """A value against a record's declared inclusive ``(min, max)`` (``None``: unbounded)."""
-    low, high = bounds
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UsageError(f"option {where} is not a finite number")
-    if low is not None and value < low:
-        raise UsageError(f"option {where} is below its minimum {low:g}")
-    if high is not None and value > high:
-        raise UsageError(f"option {where} is above its maximum {high:g}")
+def _check_range(value: Any, spec: OptionSpec, where: str) -> None:
+    """A value against the option's inclusive ``[low, high]`` (``None``: unbounded)."""
+    problem = range_problem(value, spec.low, spec.high)
+    if problem:
+        raise UsageError(f"option {where} {problem}")
 
 
 def _records_named(registry: Registry, name: str, pair: str) -> list[Any]:
@@ -244,35 +241,51 @@ def _records_named(registry: Registry, name: str, pair: str) -> list[Any]:
     return found
 
 
+def _spec_of(records: list[Any], name: str, option: str) -> tuple[Any, OptionSpec]:
+    """The first record (any role) of ``name`` that has ``option``, with its description; else a one-line error."""
+    described = [(record, describe(record)) for record in records]
+    for record, specs in described:
+        for spec in specs:
+            if spec.name == option:
+                return record, spec
+    known = ", ".join(sorted({spec.name for _, specs in described for spec in specs})) or "none"
+    raise UsageError(f"plugin {name!r} has no option {option!r} (options: {known})")
+
+
 def parse_options(pairs: Iterable[str], registry: Registry) -> dict[str, dict[str, Any]]:
     """``NAME.KEY=VALUE`` strings into overrides keyed by plugin label, checked against types, choices and ranges.
 
     ``NAME`` may be qualified (``DIST:NAME``, whose ``DIST`` may hold dots), so
-    the key is split at its last dot: option keys never hold one.
+    the key is split at its last dot: option keys never hold one. Typed and dict
+    options are checked alike (:func:`harness.options.describe`); a typed
+    record's own checks across fields run here too, before any work.
     """
     overrides: dict[str, dict[str, Any]] = {}
+    checked: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         name, dot, option = key.rpartition(".")
         if not sep or not dot or not name or not option:
             raise UsageError(f"option {pair!r} is not of the form PLUGIN.KEY=VALUE")
-        records = _records_named(registry, name, pair)
-        record = next((r for r in records if option in r.options), None)
-        if record is None:
-            known = ", ".join(sorted({k for r in records for k in r.options})) or "none"
-            raise UsageError(f"plugin {name!r} has no option {option!r} (options: {known})")
-        value = _coerce(record.options[option], raw, key)
-        allowed = record.choices.get(option)
-        if allowed and value not in allowed:
-            raise UsageError(f"option {key} takes one of {', '.join(allowed)}, not {raw!r}")
-        if option in record.ranges:
-            _check_range(value, record.ranges[option], f"{key}={raw}")
+        record, spec = _spec_of(_records_named(registry, name, pair), name, option)
+        value = _coerce(spec, raw, key)
+        if spec.choices and value not in spec.choices:
+            raise UsageError(f"option {key} takes one of {', '.join(spec.choices)}, not {raw!r}")
+        if spec.bounded:
+            _check_range(value, spec, f"{key}={raw}")
         overrides.setdefault(record.name, {})[option] = value
+        checked[record.name] = record
+    for label, record in checked.items():
+        try:
+            resolve(record, overrides[label])
+        except ValueError as error:
+            raise UsageError(f"options of {label}: {error}") from None
     return overrides
 
 
-def options_for(record: Any, overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    return {**record.options, **overrides.get(record.name, {})}
+def options_for(record: Any, overrides: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The options a record's function gets: its typed instance with the overrides applied, or a merged dict."""
+    return resolve(record, overrides.get(record.name, {}))
 
 
 def options_label(record: Any, overrides: Mapping[str, Mapping[str, Any]]) -> str:

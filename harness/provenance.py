@@ -46,10 +46,16 @@ def read(out: Path) -> list[dict[str, Any]]:
     return entries if isinstance(entries, list) else []
 
 
-def record(out: Path, argv: Sequence[str]) -> None:
-    """Append this run's command line, start time and versions to ``OUT/commands.json``."""
+def command_line(argv: Sequence[str]) -> str:
+    return shlex.join(["harness", *argv])
+
+
+def record(out: Path, command: str, config: str = "") -> None:
+    """Append this run's command (``harness ...`` or a Python call), its settings as a grid file, start time
+    and versions to ``OUT/commands.json``."""
     entry = {
-        "command": shlex.join(["harness", *argv]),
+        "command": command,
+        "config": config,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }

@@ -12,20 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.bench import Plan
 from harness.cache import Cache
 from harness.errors import UsageError
-from harness.runner import Row
+from harness.planning import Plan
+from harness.unit import Row
 
 
 def _unit_task(plan: Plan, spec: Any, done: set[str], cache_root: Path | None) -> tuple[list[Row], dict[str, int]]:
     """Run one unit in a worker; its rows and cache counters go back to the driver."""
-    from harness.executor import Silent, make_unit, run_unit
-    from harness.tracking import Scalars
+    from harness.cells import Silent, run_unit
+    from harness.tensorboard import Scalars
+    from harness.unit import make_unit
 
     rows: list[Row] = []
     cache = Cache(cache_root)
-    scalars = Scalars(plan.config.tensorboard)
+    scalars = Scalars(plan.config.execution.tensorboard)
     try:
         run_unit(make_unit(plan, spec, rows.append, scalars, cache), done, Silent())
     finally:
@@ -41,13 +42,14 @@ def _start(plan: Plan) -> bool:
         raise UsageError("--executor ray needs Ray: pip install 'prune-harness[ray]'") from None
     if ray.is_initialized():
         return False
-    ray.init(address=plan.config.address, include_dashboard=False, log_to_driver=False)
+    ray.init(address=plan.config.execution.address, include_dashboard=False, log_to_driver=False)
     return True
 
 
 def _failed_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None], error: BaseException) -> None:
-    from harness.executor import make_unit, unit_cells
-    from harness.tracking import Scalars
+    from harness.cells import unit_cells
+    from harness.tensorboard import Scalars
+    from harness.unit import make_unit
 
     unit = make_unit(plan, spec, write, Scalars(None), Cache(None))
     for cell in unit_cells(unit, done):
@@ -57,12 +59,12 @@ def _failed_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], N
 def run(plan: Plan, done: set[str], write: Callable[[Row], None], bar: Any, cache: Cache) -> None:
     import ray
 
-    from harness.executor import unit_specs
+    from harness.cells import unit_specs
 
     started = _start(plan)
     try:
-        c = plan.config
-        task = ray.remote(num_cpus=c.cpus_per_task, max_retries=c.retries)(_unit_task)
+        e = plan.config.execution
+        task = ray.remote(num_cpus=e.cpus_per_task, max_retries=e.retries)(_unit_task)
         shared = ray.put(plan)
         pending = {task.remote(shared, spec, done, cache.root): spec for spec in unit_specs(plan)}
         while pending:

@@ -8,6 +8,7 @@ Torch is only named for type checkers, so importing the contract stays cheap.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-Granularity = Literal["head", "weight", "neuron"]
 Batch = Mapping[str, "torch.Tensor"]
 METRICS = ("accuracy", "f1", "mcc", "perplexity")
 LOWER_IS_BETTER = frozenset({"perplexity"})
@@ -78,11 +78,16 @@ class TaskData:
 
 @dataclass(frozen=True)
 class TaskRequest:
-    """Where a task may find local copies of its data, and the grid seed."""
+    """Where a task may find local copies of its data, the grid seed, and the training batch size.
+
+    ``batch_size`` lets a task express its default budget in epochs
+    (``TaskData.train_steps = ceil(len(train) / batch_size)`` is one epoch).
+    """
 
     data_dir: Path | None
     seed: int
     options: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 32
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,9 @@ class PruneRequest:
     to a weight-shaped tensor for weights. ``kv_heads`` gives, per layer, the
     number of key/value heads when attention is grouped (GQA/MQA); it is empty
     when every query head has its own. ``seed`` drives pruners that draw at random.
+    ``model`` is the model the mask will be applied to, for reading only (module
+    types and layouts, e.g. which axis of a weight is its input); ``None`` when a
+    pruner is dry-run on shapes alone before any model is loaded.
     """
 
     scores: Any
@@ -120,6 +128,7 @@ class PruneRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     kv_heads: tuple[int, ...] = ()
+    model: nn.Module | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,7 @@ class Scorer:
     """
 
     name: str
-    granularity: Granularity
+    granularity: str  # the name of a Granularity record ("head", "neuron", "weight", or a plugin's)
     score: Callable[[ScoreRequest], Any]
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -184,7 +193,7 @@ class Pruner:
     """
 
     name: str
-    granularity: Granularity
+    granularity: str  # the name of a Granularity record: must match the scorers it is paired with
     compute_mask: Callable[[PruneRequest], Any]
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -217,9 +226,43 @@ class Task:
     ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)  # inclusive; None: open
 
 
+def _nothing_held(model: nn.Module, keep: Any) -> Mapping[str, torch.Tensor]:
+    """Structures removed physically stay removed while a pruned model trains: no weight needs holding."""
+    return {}
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """What one unit of pruning is, and everything the harness does that depends on it.
+
+    Scorers and pruners name a granularity; the harness asks it for the shape of
+    the scores it expects on a model (``shapes``: a tuple for one tensor, or a
+    mapping from module name to shape), turns a pruner's keep-mask into a pruned
+    model (``apply``: physical removal or permanent zeros), counts achieved
+    sparsity over the weights of ``scope`` and, during recovery training, holds
+    the weights ``held(model, keep)`` names at zero (weight-shaped masks by module name). ``targets`` are the modules the
+    ``--targets`` groups select, for granularities that set ``uses_targets``
+    (weights); the others ignore them. ``mask`` (optional) gates the units
+    without removing them, which must give the same outputs as ``apply``.
+    ``config_shapes`` (optional) gives the score shapes from a model's config
+    alone, so pruners are dry-run on every model before any work.
+    """
+
+    name: str
+    shapes: Callable[[nn.Module, tuple[str, ...]], Any]
+    apply: Callable[[nn.Module, Any], nn.Module]
+    scope: Callable[[nn.Module, tuple[str, ...]], tuple[str, ...]]
+    description: str = ""
+    uses_targets: bool = False
+    held: Callable[[nn.Module, Any], Mapping[str, torch.Tensor]] = _nothing_held
+    mask: Callable[[nn.Module, Any], AbstractContextManager[Any]] | None = None
+    config_shapes: Callable[[Any], Any] | None = None
+
+
 ROLE_RECORDS: Mapping[str, type] = {
     "scorer": Scorer,
     "pruner": Pruner,
     "adapter": Adapter,
     "task": Task,
+    "granularity": Granularity,
 }

@@ -6,11 +6,22 @@ pruning as recovery training.
 
 from __future__ import annotations
 
-from harness import Adapter, TrainRequest, TrainResult, hookimpl
+from dataclasses import dataclass
 
-OPTIONS = {"weight_decay": 0.01, "warmup_ratio": 0.1, "max_grad_norm": 1.0}
-# inclusive bounds, checked on -o values; clipping to a norm of 0 would zero every gradient, so it must be > 0
-RANGES = {"weight_decay": (0.0, None), "warmup_ratio": (0.0, 1.0), "max_grad_norm": (1e-12, None)}
+from harness import Adapter, Options, TrainRequest, TrainResult, hookimpl, option
+
+
+@dataclass(frozen=True)
+class FinetuneOptions(Options):
+    """The shared AdamW loop's options (:func:`harness.modeling.train_adamw` reads them by key)."""
+
+    weight_decay: float = option(0.01, low=0.0, help="AdamW weight decay")
+    warmup_ratio: float = option(0.1, low=0.0, high=1.0, help="share of the steps spent warming up")
+    # clipping to a norm of 0 would zero every gradient, so it must be > 0
+    max_grad_norm: float = option(1.0, low=1e-12, help="gradient clipping norm")
+
+
+OPTIONS = FinetuneOptions()
 
 
 def train(request: TrainRequest) -> TrainResult:
@@ -30,6 +41,5 @@ def harness_adapters() -> list[Adapter]:
             train=train,
             description="full fine-tuning: AdamW, linear warm-up and decay",
             options=OPTIONS,
-            ranges=RANGES,
         )
     ]

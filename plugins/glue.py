@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from harness import Task, TaskData, TaskRequest, hookimpl
+from harness import Options, Task, TaskData, TaskRequest, hookimpl, option
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,14 @@ class GlueTask:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class GlueOptions(Options):
+    """Options of every GLUE task; each task's record holds its own defaults (``GlueTask``)."""
+
+    max_length: int = option(128, low=1, help="tokens per example after truncation")
+    train_steps: int = option(300, low=0, help="default fine-tuning budget in steps (--train-steps overrides)")
+
+
 TASKS = (
     GlueTask("sst2", ("sentence",), ("negative", "positive"), "accuracy", 64, 600,
              description="GLUE SST-2 sentiment (accuracy)"),
@@ -42,15 +50,20 @@ def loader(spec: GlueTask):
     def load(request: TaskRequest) -> TaskData:
         from harness import data
 
-        max_length = int(request.options.get("max_length", spec.max_length))
-        columns = (spec.text_columns, "label", spec.labels, spec.metric, max_length)
+        options = GlueOptions.of(request.options, defaults(spec))
+        columns = (spec.text_columns, "label", spec.labels, spec.metric, options.max_length)
         if request.data_dir is not None:
             loaded = data.load_local_task(request.data_dir / spec.name, *columns, column_names=spec.local_columns)
         else:
             loaded = data.load_hub_task("nyu-mll/glue", spec.name, *columns)
-        return dataclasses.replace(loaded, train_steps=int(request.options.get("train_steps", spec.train_steps)))
+        return dataclasses.replace(loaded, train_steps=options.train_steps)
 
     return load
+
+
+def defaults(spec: GlueTask) -> GlueOptions:
+    """One task's option defaults: its own token length and budget."""
+    return GlueOptions(max_length=spec.max_length, train_steps=spec.train_steps)
 
 
 def load(request: TaskRequest) -> TaskData:
@@ -60,8 +73,4 @@ def load(request: TaskRequest) -> TaskData:
 
 @hookimpl
 def harness_tasks() -> list[Task]:
-    return [
-        Task(spec.name, loader(spec), spec.description, {"max_length": spec.max_length, "train_steps": spec.train_steps},
-             ranges={"max_length": (1, None), "train_steps": (0, None)})
-        for spec in TASKS
-    ]
+    return [Task(spec.name, loader(spec), spec.description, defaults(spec)) for spec in TASKS]

@@ -7,14 +7,24 @@ backward pass, so the absolute value is taken before averaging and signs never c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from harness import Scorer, ScoreRequest, hookimpl
+from harness import Options, Scorer, ScoreRequest, hookimpl, option
 
 if TYPE_CHECKING:
     import torch
 
-OPTIONS = {"normalize": True, "per_example": True}
+
+@dataclass(frozen=True)
+class HeadGradientOptions(Options):
+    """Options of ``head-gradient``."""
+
+    normalize: bool = option(True, help="divide each layer's importance by its L2 norm (Michel et al.)")
+    per_example: bool = option(True, help="absolute gradient per example (else per batch) before averaging")
+
+
+OPTIONS = HeadGradientOptions()
 
 
 def _accumulate(request: ScoreRequest) -> torch.Tensor:
@@ -26,7 +36,7 @@ def _accumulate(request: ScoreRequest) -> torch.Tensor:
     model = request.model.eval()
     heads = surgery.head_geometry(model).heads_per_layer
     total = torch.zeros(len(heads), max(heads))
-    per_example = bool(request.options.get("per_example", True))
+    per_example = HeadGradientOptions.of(request.options).per_example
     with surgery.HeadGates(model) as gates:
         for batch in request.batches:
             size = len(batch["labels"]) if per_example else 1
@@ -56,7 +66,7 @@ def score(request: ScoreRequest) -> torch.Tensor:
         request.model.train(was_training)
     examples = sum(len(b["labels"]) for b in request.batches)
     importance = total / examples
-    if request.options.get("normalize", True):  # Michel et al.: L2 per layer
+    if HeadGradientOptions.of(request.options).normalize:  # Michel et al.: L2 per layer
         importance = importance / importance.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(importance.dtype).tiny)
     return importance
 

@@ -23,17 +23,28 @@ from their dense shape: every layer has ``scores.shape[1]`` query heads.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Mapping, Sequence
 
-from harness import Pruner, PruneRequest, hookimpl
+from harness import Options, Pruner, PruneRequest, hookimpl, option
 from harness.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
 
-OPTIONS = {"scope": "global", "min_heads_per_layer": 1, "gqa": "groups"}
-CHOICES = {"scope": ("global", "layer"), "gqa": ("groups", "query")}
-RANGES = {"min_heads_per_layer": (1, None)}  # every layer keeps a head; the upper bound is the model's (checked later)
+
+@dataclass(frozen=True)
+class HeadOptions(Options):
+    """Options of ``heads``; the upper bound of ``min_heads_per_layer`` is the model's (checked on the scores)."""
+
+    scope: Literal["global", "layer"] = option("global", help="rank all heads together, or remove the same "
+                                               "fraction from every layer")
+    min_heads_per_layer: int = option(1, low=1, help="heads every layer keeps")
+    gqa: Literal["groups", "query"] = option("groups", help="grouped attention: remove whole key/value groups, "
+                                             "or the same number of query heads from every group")
+
+
+OPTIONS = HeadOptions()
 Unit = tuple[float, list[int]]  # (importance, query heads removed together)
 
 
@@ -73,16 +84,12 @@ def _per_layer(scores: torch.Tensor, sparsity: float, floor: int) -> torch.Tenso
 # --------------------------------------------------------------------------- grouped-query attention
 
 
-def _check_options(options: Mapping, heads: int) -> tuple[str, int, str]:
-    scope, mode = options.get("scope", "global"), options.get("gqa", "groups")
-    floor = int(options.get("min_heads_per_layer", 1))
-    if scope not in CHOICES["scope"]:
-        raise ValueError(f"heads: scope must be 'global' or 'layer', not {scope!r}")
-    if mode not in CHOICES["gqa"]:
-        raise ValueError(f"heads: gqa must be 'groups' or 'query', not {mode!r}")
-    if not 1 <= floor <= heads:
+def _check_options(options: Mapping, heads: int) -> HeadOptions:
+    """Typed options (a dict from tests or older callers is checked the same way), within the model's heads."""
+    typed = HeadOptions.of(options)
+    if typed.min_heads_per_layer > heads:
         raise ValueError(f"heads: min_heads_per_layer must be in [1, {heads}]")
-    return scope, floor, mode
+    return typed
 
 
 def _unit_shape(heads: int, kv_heads: Sequence[int], mode: str) -> tuple[int, int]:
@@ -124,7 +131,8 @@ def gqa_units_to_remove(
     Raises ``UsageError`` (one line, with the possible sparsities) when the budget is
     not a whole number of units or breaks ``min_heads_per_layer``.
     """
-    scope, floor, mode = _check_options(options, heads)
+    typed = _check_options(options, heads)
+    scope, floor, mode = typed.scope, typed.min_heads_per_layer, typed.gqa
     per_layer, size = _unit_shape(heads, kv_heads, mode)
     layers = 1 if scope == "layer" else len(kv_heads)
     total = heads * layers
@@ -159,9 +167,10 @@ def _gqa_mask(scores: torch.Tensor, sparsity: float, options: Mapping, kv_heads:
     if len(kv_heads) != scores.shape[0]:
         raise ValueError(f"heads: kv_heads has {len(kv_heads)} layers, scores have {scores.shape[0]}")
     count, size = gqa_units_to_remove(scores.shape[1], kv_heads, sparsity, options)
-    mode, floor = options.get("gqa", "groups"), int(options.get("min_heads_per_layer", 1))
+    typed = HeadOptions.of(options)
+    mode, floor = typed.gqa, typed.min_heads_per_layer
     units = [_layer_units(row, kv, mode) for row, kv in zip(scores, kv_heads)]
-    if options.get("scope", "global") == "layer":
+    if typed.scope == "layer":
         chosen = [(layer, position) for layer in range(len(units)) for position in range(count)]
     else:  # cheapest units first, ties in (layer, unit) order; a layer at its floor is skipped
         candidates = sorted((unit[0], layer, p) for layer, row in enumerate(units) for p, unit in enumerate(row))
@@ -181,10 +190,11 @@ def _gqa_mask(scores: torch.Tensor, sparsity: float, options: Mapping, kv_heads:
 
 def compute_mask(request: PruneRequest) -> torch.Tensor:
     scores, sparsity = request.scores, request.sparsity
-    scope, floor, _ = _check_options(request.options, scores.shape[1])
+    options = _check_options(request.options, scores.shape[1])
+    floor = options.min_heads_per_layer
     if request.kv_heads:
-        return _gqa_mask(scores, sparsity, request.options, request.kv_heads)
-    if scope == "layer":
+        return _gqa_mask(scores, sparsity, options, request.kv_heads)
+    if options.scope == "layer":
         return _per_layer(scores, sparsity, floor)
     remove = round(sparsity * scores.numel())
     possible = scores.numel() - floor * scores.shape[0]
@@ -217,7 +227,5 @@ def harness_pruners() -> list[Pruner]:
             compute_mask=compute_mask,
             description="remove the lowest-scoring heads, globally or per layer (whole units under GQA)",
             options=OPTIONS,
-            choices=CHOICES,
-            ranges=RANGES,
         )
     ]

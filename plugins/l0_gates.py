@@ -17,32 +17,37 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from harness import Scorer, ScoreRequest, hookimpl
+from harness import Options, Scorer, ScoreRequest, hookimpl, option
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 LIMIT_L, LIMIT_R = -0.1, 1.1
-OPTIONS = {
-    "steps": 300,
-    "lr": 0.2,
-    "temperature": 2 / 3,  # Louizos / CoFi; Voita used 1/3
-    "lambda_mode": "target",
-    "l0_lambda": 0.01,
-    "lagrangian_lr": 0.5,
-    "target_warmup": 0.5,  # CoFi: the budget tightens linearly over this share of the steps
-    "init_log_alpha": 1.0,
-    "train_encoder": False,
-    "encoder_lr": 2e-5,  # only with train_encoder
-}
-# inclusive bounds, checked on -o values; rates and the temperature must be > 0, shares lie in [0, 1]
-RANGES = {
-    "steps": (1, None), "lr": (1e-12, None), "temperature": (1e-12, None), "l0_lambda": (0.0, None),
-    "lagrangian_lr": (1e-12, None), "target_warmup": (0.0, 1.0), "encoder_lr": (1e-12, None),
-}
+POSITIVE = 1e-12  # inclusive lower bound of rates and the temperature, which must be > 0
+
+
+@dataclass(frozen=True)
+class L0Options(Options):
+    """Options of ``l0-gates``; shares lie in [0, 1]."""
+
+    steps: int = option(300, low=1, help="gate training steps")
+    lr: float = option(0.2, low=POSITIVE, help="Adam learning rate of the gates")
+    temperature: float = option(2 / 3, low=POSITIVE, help="hard-concrete temperature (Louizos / CoFi; Voita used 1/3)")
+    lambda_mode: Literal["target", "fixed"] = option("target", help="drive the expected open heads to the budget "
+                                                     "(Lagrangian, CoFi), or a fixed L0 penalty (Voita)")
+    l0_lambda: float = option(0.01, low=0.0, help="weight of the L0 penalty (lambda_mode=fixed)")
+    lagrangian_lr: float = option(0.5, low=POSITIVE, help="learning rate of the Lagrange multipliers")
+    target_warmup: float = option(0.5, low=0.0, high=1.0, help="share of the steps over which the budget tightens "
+                                  "linearly (CoFi)")
+    init_log_alpha: float = option(1.0, help="initial log-alpha of every gate")
+    train_encoder: bool = option(False, help="train the model's weights jointly with the gates")
+    encoder_lr: float = option(2e-5, low=POSITIVE, help="learning rate of the model's weights (train_encoder)")
+
+
+OPTIONS = L0Options()
 
 
 def open_probability(log_alpha: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -72,42 +77,42 @@ class GateResult:
     steps: int
 
 
-def _penalty(expected: torch.Tensor, target: float | None, total: int, lambdas: torch.Tensor, options: dict) -> torch.Tensor:
+def _penalty(
+    expected: torch.Tensor, target: float | None, total: int, lambdas: torch.Tensor, options: L0Options
+) -> torch.Tensor:
     if target is None:
-        return float(options["l0_lambda"]) * expected
+        return options.l0_lambda * expected
     gap = (expected - target) / total  # CoFi: relative to the model's size
     return lambdas[0] * gap + lambdas[1] * gap * gap
 
 
-def _target_at(step: int, steps: int, target: float | None, total: int, options: dict) -> float | None:
+def _target_at(step: int, steps: int, target: float | None, total: int, options: L0Options) -> float | None:
     """The budget at ``step``: from all heads down to ``target`` over the warm-up, then fixed."""
     if target is None:
         return None
-    warmup = float(options["target_warmup"]) * steps
+    warmup = options.target_warmup * steps
     fraction = min(1.0, step / warmup) if warmup > 0 else 1.0
     return total - (total - target) * fraction
 
 
-def _budget(request: ScoreRequest, options: dict, total: int) -> float | None:
+def _budget(request: ScoreRequest, options: L0Options, total: int) -> float | None:
     """The number of heads to keep (``target`` mode), or ``None`` for a fixed lambda."""
-    if options["lambda_mode"] not in ("target", "fixed"):
-        raise ValueError(f"l0-gates: lambda_mode must be 'target' or 'fixed', not {options['lambda_mode']!r}")
     if request.train_batches is None:
         raise ValueError("l0-gates needs training batches (ScoreRequest.train_batches)")
-    if options["lambda_mode"] == "fixed":
+    if options.lambda_mode == "fixed":
         return None
     if request.sparsity is None:
         raise ValueError("l0-gates with lambda_mode=target needs a sparsity")
     return float(total - round(request.sparsity * total))
 
 
-def _optimizer(model: nn.Module, log_alpha: torch.Tensor, options: dict) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, log_alpha: torch.Tensor, options: L0Options) -> torch.optim.Optimizer:
     """Adam over the gates, plus the model's weights when trained jointly (dropout on)."""
     import torch
 
-    groups = [{"params": [log_alpha], "lr": float(options["lr"])}]
-    if options["train_encoder"]:
-        groups.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": float(options["encoder_lr"])})
+    groups = [{"params": [log_alpha], "lr": options.lr}]
+    if options.train_encoder:
+        groups.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": options.encoder_lr})
         model.train()
     else:  # frozen: only the gates learn, deterministically
         model.requires_grad_(False)
@@ -121,18 +126,18 @@ def train_gates(request: ScoreRequest) -> GateResult:
 
     from harness import modeling, surgery
 
-    options = {**OPTIONS, **request.options}
-    model, steps, temperature = request.model, int(options["steps"]), float(options["temperature"])
+    options = L0Options.of(request.options)  # a (partial) dict from tests is checked and completed alike
+    model, steps, temperature = request.model, options.steps, options.temperature
     heads = surgery.head_geometry(model).heads_per_layer
     total = sum(heads)
     target = _budget(request, options, total)
     generator = torch.Generator().manual_seed(request.seed)
     noise = 0.01 * torch.randn((len(heads), max(heads)), generator=generator)
-    log_alpha = (float(options["init_log_alpha"]) + noise).requires_grad_(True)
+    log_alpha = (options.init_log_alpha + noise).requires_grad_(True)
     lambdas = torch.zeros(2, requires_grad=True)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     optimizer = _optimizer(model, log_alpha, options)
-    controller = torch.optim.Adam([lambdas], lr=float(options["lagrangian_lr"]), maximize=True)
+    controller = torch.optim.Adam([lambdas], lr=options.lagrangian_lr, maximize=True)
     step = 0
     try:
         with surgery.HeadGates(model) as gates:
@@ -185,8 +190,6 @@ def harness_scorers() -> list[Scorer]:
             score=score,
             description="hard-concrete head gates trained to the head budget (Voita et al. 2019; CoFi)",
             options=OPTIONS,
-            choices={"lambda_mode": ("target", "fixed")},
-            ranges=RANGES,
             per_sparsity=True,
             updates_model=True,  # with train_encoder=true the jointly trained weights are what gets pruned
         )

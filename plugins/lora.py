@@ -28,9 +28,10 @@ dense again: whoever pruned must re-apply the mask. Physically removed heads
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from harness import Adapter, TrainRequest, TrainResult, hookimpl
+from harness import Adapter, Options, TrainRequest, TrainResult, hookimpl, option
 
 if TYPE_CHECKING:
     import torch
@@ -56,20 +57,30 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "all": ("q", "k", "v", "o", "ffn_in", "ffn_out"),
 }
 HEAD_MODULES = ("pre_classifier", "classifier", "score")  # a task head the harness created: trained in full
-# lr: LoRA's own rate, used instead of --lr (full fine-tuning's 1e-4): the factors start at B = 0 and
-# need a far higher rate. MiniLM on SST-2, 200 steps of 32, q/v at r=8, first 400 dev sentences:
-# accuracy 0.810 at 1e-3, 0.825 at 3e-3 (full fine-tuning at 1e-4: 0.855).
-OPTIONS: dict[str, Any] = {
-    "weight_decay": 0.01, "warmup_ratio": 0.1, "max_grad_norm": 1.0,  # the shared AdamW loop's, as in finetune
-    "r": 8, "alpha": 16, "dropout": 0.05, "targets": "qv", "lr": 3e-3,
-}
-CHOICES = {"targets": tuple(TARGETS)}
-# inclusive bounds, checked on -o values: rank and alpha of at least 1 (alpha 0 scales the update away),
-# a dropout probability, and rates (lr, max_grad_norm) that must be > 0
-RANGES = {
-    "weight_decay": (0.0, None), "warmup_ratio": (0.0, 1.0), "max_grad_norm": (1e-12, None),
-    "r": (1, None), "alpha": (1, None), "dropout": (0.0, 1.0), "lr": (1e-12, None),
-}
+
+
+@dataclass(frozen=True)
+class LoraOptions(Options):
+    """Options of the three variants: the shared AdamW loop's (as in ``finetune``), then LoRA's own.
+
+    Rank and alpha are at least 1 (alpha 0 scales the update away); rates must be > 0.
+    ``lr`` is LoRA's own rate, used instead of --lr (full fine-tuning's 1e-4): the
+    factors start at B = 0 and need a far higher rate. MiniLM on SST-2, 200 steps
+    of 32, q/v at r=8, first 400 dev sentences: accuracy 0.810 at 1e-3, 0.825 at
+    3e-3 (full fine-tuning at 1e-4: 0.855).
+    """
+
+    weight_decay: float = option(0.01, low=0.0, help="AdamW weight decay")
+    warmup_ratio: float = option(0.1, low=0.0, high=1.0, help="share of the steps spent warming up")
+    max_grad_norm: float = option(1.0, low=1e-12, help="gradient clipping norm")
+    r: int = option(8, low=1, help="rank of the update")
+    alpha: int = option(16, low=1, help="scale numerator: alpha/r (rslora: alpha/sqrt(r))")
+    dropout: float = option(0.05, low=0.0, high=1.0, help="dropout on the adapter's input")
+    targets: Literal["qv", "qkv", "qkvo", "ffn", "all"] = option("qv", help="weight groups that get adapters")
+    lr: float = option(3e-3, low=1e-12, help="LoRA's learning rate, used instead of --lr")
+
+
+OPTIONS = LoraOptions()
 ADAPTER = "default"  # PEFT's adapter name
 
 
@@ -97,17 +108,17 @@ def target_modules(model: nn.Module, targets: str) -> list[str]:
     return names
 
 
-def lora_config(model: nn.Module, variant: str, options: Mapping[str, Any]) -> LoraConfig:
+def lora_config(model: nn.Module, variant: str, options: LoraOptions) -> LoraConfig:
     """The PEFT config of one variant: exact target names, the task head trained in full."""
     from peft import LoraConfig
 
     heads = [name for name, _ in model.named_children() if name in HEAD_MODULES]
     return LoraConfig(
         task_type="SEQ_CLS",
-        r=int(options["r"]),
-        lora_alpha=int(options["alpha"]),
-        lora_dropout=float(options["dropout"]),
-        target_modules=target_modules(model, str(options["targets"])),
+        r=options.r,
+        lora_alpha=options.alpha,
+        lora_dropout=options.dropout,
+        target_modules=target_modules(model, options.targets),
         modules_to_save=heads,
         **VARIANTS[variant],
     )
@@ -133,13 +144,13 @@ def train(request: TrainRequest, variant: str = "lora") -> TrainResult:
 
     from harness import modeling
 
-    options = {**OPTIONS, **request.options}
+    options = LoraOptions.of(request.options)  # a (partial) dict from tests is checked and completed alike
     model = request.model
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     torch.manual_seed(request.seed)  # A's random init
     peft_model = get_peft_model(model, lora_config(model, variant, options))
     trainable, _ = peft_model.get_nb_trainable_parameters()
-    lr = float(options["lr"])
+    lr = options.lr
     inner = TrainRequest(peft_model, request.batches, request.steps, lr, request.seed, options, request.log)
     steps, final_loss = modeling.train_adamw(inner)
     updates = delta_weights(peft_model)
@@ -147,8 +158,7 @@ def train(request: TrainRequest, variant: str = "lora") -> TrainResult:
     for name, parameter in merged.named_parameters():
         parameter.requires_grad_(flags.get(name, True))
     merged.eval()
-    config = {"variant": variant, "r": int(options["r"]), "alpha": int(options["alpha"]),
-              "targets": str(options["targets"]), "lr": lr}
+    config = {"variant": variant, "r": options.r, "alpha": options.alpha, "targets": options.targets, "lr": lr}
     return TrainResult(merged, int(trainable), steps, final_loss, config, updates)
 
 
@@ -159,9 +169,7 @@ def harness_adapters() -> list[Adapter]:
             name=variant,
             train=functools.partial(train, variant=variant),
             description=DESCRIPTIONS[variant],
-            options=dict(OPTIONS),
-            choices=CHOICES,
-            ranges=RANGES,
+            options=OPTIONS,
         )
         for variant in VARIANTS
     ]

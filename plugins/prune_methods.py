@@ -12,12 +12,45 @@ from __future__ import annotations
 
 import functools
 import zlib
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from harness import Pruner, PruneRequest, hookimpl
+from harness import Options, Pruner, PruneRequest, hookimpl, option
 
 if TYPE_CHECKING:
     import torch
+
+
+@dataclass(frozen=True)
+class UnstructuredOptions(Options):
+    """Options of ``unstructured``."""
+
+    group: Literal["module", "row"] = option("module", help="rank weights within each module, or within each "
+                                             "output row (Wanda)")
+
+
+@dataclass(frozen=True)
+class GlobalUnstructuredOptions(Options):
+    """Options of ``global-unstructured``: raw scores rarely compare across modules."""
+
+    normalize: Literal["none", "mean", "lamp"] = option("none", help="make importance comparable across modules: "
+                                                        "divide by each module's mean, or rank LAMP scores")
+
+
+@dataclass(frozen=True)
+class StructuredOptions(Options):
+    """Options of ``structured``."""
+
+    n: int = option(1, low=1, help="order of the norm that ranks rows")
+
+
+@dataclass(frozen=True)
+class NeuronOptions(Options):
+    """Options of ``neurons``."""
+
+    scope: Literal["global", "layer"] = option("global", help="rank all neurons together, or remove the same "
+                                               "fraction from every layer")
+    min_per_layer: int = option(1, low=1, help="neurons every layer keeps (scope=global)")
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,8 +88,37 @@ def _ones(t: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(t, dtype=torch.float32)
 
 
+def _row_mask(scores: torch.Tensor, axis: int, sparsity: float) -> torch.Tensor:
+    """Keep-mask removing the lowest ``round(sparsity * n)`` of each output row, ``axis`` being the input axis.
+
+    Ties go to the lower position (stable sort), so the mask is deterministic.
+    """
+    import torch
+
+    if scores.dim() != 2:
+        raise ValueError(f"group=row needs 2-d weight scores, not shape {tuple(scores.shape)}")
+    rows = scores.movedim(axis, -1)  # [out, in] for Linear and Conv1D alike
+    rows = rows if rows.is_floating_point() else rows.float()
+    count = round(sparsity * rows.shape[-1])
+    keep = torch.ones(rows.shape, dtype=torch.bool)
+    keep.scatter_(-1, torch.sort(rows.cpu(), dim=-1, stable=True).indices[:, :count], False)
+    return keep.movedim(-1, axis)
+
+
 def unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
-    """Layer-wise: the lowest-importance ``sparsity`` of every module's weights."""
+    """Layer-wise: the lowest-importance ``sparsity`` of every module's weights, or of every output row.
+
+    ``group=row`` compares weights only with those feeding the same output (Wanda,
+    Sun et al. 2023), which keeps every output alive; it reads the module types
+    from ``request.model`` to find the output rows (``Conv1D`` stores ``[in, out]``).
+    """
+    if UnstructuredOptions.of(request.options).group == "row":
+        from harness.calibration import input_axis
+
+        if request.model is None:
+            raise ValueError("unstructured with group=row needs the model (PruneRequest.model) to find output rows")
+        modules = dict(request.model.named_modules())
+        return {name: _row_mask(s, input_axis(modules[name]), request.sparsity) for name, s in request.scores.items()}
     method = importance_method()(request.sparsity)
     return {name: method.compute_mask(s, _ones(s)).bool() for name, s in request.scores.items()}
 
@@ -103,7 +165,7 @@ def global_unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
     import torch
 
     method = importance_method()(request.sparsity)
-    scores = _normalized(request.scores, str(request.options.get("normalize", "none")))
+    scores = _normalized(request.scores, GlobalUnstructuredOptions.of(request.options).normalize)
     flat = torch.cat([s.reshape(-1) for s in scores.values()])  # float64 when normalized by LAMP
     mask = method.compute_mask(flat, _ones(flat)).bool()
     pieces = torch.split(mask, [s.numel() for s in scores.values()])
@@ -114,7 +176,7 @@ def structured(request: PruneRequest) -> dict[str, torch.Tensor]:
     """Whole rows (output units) of each module, ranked by the Ln norm of their importance (``LnStructured``)."""
     from torch.nn.utils import prune
 
-    method = prune.LnStructured(request.sparsity, n=int(request.options.get("n", 1)), dim=0)
+    method = prune.LnStructured(request.sparsity, n=StructuredOptions.of(request.options).n, dim=0)
     return {name: method.compute_mask(s.float(), _ones(s)).bool() for name, s in request.scores.items()}
 
 
@@ -153,9 +215,10 @@ def neurons(request: PruneRequest) -> torch.Tensor:
 
     scores = request.scores.float()
     present = scores >= 0
-    minimum = int(request.options.get("min_per_layer", 1))
+    options = NeuronOptions.of(request.options)
+    minimum = options.min_per_layer
     method = importance_method()(request.sparsity)
-    if request.options.get("scope", "global") == "layer":
+    if options.scope == "layer":
         keep = torch.zeros_like(present)
         for index in range(len(scores)):
             row = scores[index, present[index]]
@@ -177,16 +240,16 @@ def neurons(request: PruneRequest) -> torch.Tensor:
 
 @hookimpl
 def harness_pruners() -> list[Pruner]:
-    scope = {"scope": ("global", "layer")}
     return [
-        Pruner("unstructured", "weight", unstructured, "lowest-importance weights of each module"),
+        Pruner("unstructured", "weight", unstructured, "lowest-importance weights of each module (or output row)",
+               UnstructuredOptions()),
         Pruner("global-unstructured", "weight", global_unstructured, "lowest-importance weights across modules",
-               {"normalize": "none"}, {"normalize": ("none", "mean", "lamp")}),
+               GlobalUnstructuredOptions()),
         Pruner("structured", "weight", structured, "rows with the lowest Ln norm of importance (LnStructured)",
-               {"n": 1}, ranges={"n": (1, None)}),
+               StructuredOptions()),
         Pruner("random-unstructured", "weight", random_unstructured, "RandomUnstructured, seeded",
                uses_scores=False),
         Pruner("random-structured", "weight", random_structured, "RandomStructured rows, seeded", uses_scores=False),
         Pruner("neurons", "neuron", neurons, "FFN neurons by importance, removed physically",
-               {"scope": "global", "min_per_layer": 1}, scope, {"min_per_layer": (1, None)}),
+               NeuronOptions()),
     ]

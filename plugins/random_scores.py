@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from harness import Scorer, ScoreRequest, hookimpl
+from harness import Options, Scorer, ScoreRequest, hookimpl, option
 
 if TYPE_CHECKING:
     import torch
 
 
+@dataclass(frozen=True)
+class RandomOptions(Options):
+    """Options of the random scorers: any integer is a meaningful offset."""
+
+    offset: int = option(0, help="added to the grid seed: another draw at the same seed")
+
+
 def _generator(request: ScoreRequest) -> torch.Generator:
     import torch
 
-    return torch.Generator().manual_seed(int(request.seed) + int(request.options.get("offset", 0)))
+    return torch.Generator().manual_seed(int(request.seed) + RandomOptions.of(request.options).offset)
 
 
 def _padded(widths: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -49,7 +57,7 @@ def score_weights(request: ScoreRequest) -> dict[str, torch.Tensor]:
 
 @hookimpl
 def harness_scorers() -> list[Scorer]:
-    options = {"offset": 0}
+    options = RandomOptions()
     return [
         Scorer("random", "head", score, "uniform random head importance, seeded by the grid seed", options,
                baseline=True),

@@ -9,8 +9,9 @@ word order and scope: attention heads matter, and pruning the wrong ones hurts.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
-from harness import Split, Task, TaskData, TaskRequest, hookimpl
+from harness import Options, Split, Task, TaskData, TaskRequest, hookimpl, option
 
 SUBJECTS = (
     "the movie", "this film", "the plot", "the acting", "the soundtrack", "the ending",
@@ -67,11 +68,20 @@ def generate(seed: int = 2019) -> dict[str, Split]:
     return splits
 
 
+@dataclass(frozen=True)
+class SyntheticOptions(Options):
+    """Options of ``synthetic``: any data seed makes a task."""
+
+    data_seed: int = option(2019, help="seed of the generated sentences")
+    train_steps: int = option(200, low=0, help="default fine-tuning budget in steps (--train-steps overrides)")
+
+
 def load(request: TaskRequest) -> TaskData:
-    splits = generate(int(request.options.get("data_seed", 2019)))
+    options = SyntheticOptions.of(request.options)
+    splits = generate(options.data_seed)
     names = ("negative", "positive")
-    steps = int(request.options.get("train_steps", 200))
-    return TaskData(splits["train"], splits["validation"], names, "accuracy", max_length=32, train_steps=steps)
+    return TaskData(splits["train"], splits["validation"], names, "accuracy", max_length=32,
+                    train_steps=options.train_steps)
 
 
 @hookimpl
@@ -81,7 +91,6 @@ def harness_tasks() -> list[Task]:
             name="synthetic",
             load=load,
             description="generated sentiment with negation and contrast (no download; the default)",
-            options={"data_seed": 2019, "train_steps": 200},
-            ranges={"train_steps": (0, None)},  # any data_seed makes a task
+            options=SyntheticOptions(),
         )
     ]

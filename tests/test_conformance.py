@@ -14,7 +14,7 @@ ITEMS = conformance.registered()
 
 def test_every_role_has_a_builtin() -> None:
     roles = {item.role for item in ITEMS if item.dist.startswith("prune-harness")}
-    assert roles == {"scorer", "pruner", "adapter", "task"}
+    assert roles == {"scorer", "pruner", "adapter", "task", "granularity"}
 
 
 @pytest.mark.parametrize("item", ITEMS, ids=conformance.item_id)
@@ -40,3 +40,29 @@ def test_conformance_catches_a_broken_scorer() -> None:
     broken = Scorer("broken", "head", lambda request: torch.full((2, 4), float("nan")))
     with pytest.raises(AssertionError, match="finite"):
         conformance.check_plugin(broken)
+
+
+def test_registered_can_keep_one_distribution() -> None:
+    from harness import Scorer, hookimpl
+
+    class Mine:
+        @hookimpl
+        def harness_scorers(self):
+            return [Scorer("mine", "head", lambda request: None)]
+
+    everything = conformance.registered((Mine(),))
+    builtin = conformance.registered(dist="prune_harness")  # any spelling pip accepts
+    assert {i.source for i in builtin} == {"prune-harness"} and len(builtin) == len(everything) - 1
+    only_mine = conformance.registered((Mine(),), dist="not-installed")
+    assert [i.record.name for i in only_mine] == ["mine"]
+
+
+def test_conformance_catches_a_granularity_whose_mask_and_removal_disagree() -> None:
+    import dataclasses
+    from contextlib import nullcontext
+
+    granularity = conformance.granularity_of("head")
+    lying = dataclasses.replace(granularity, name="lying-heads", mask=lambda model, keep: nullcontext())
+    conformance.check_plugin(granularity)
+    with pytest.raises(AssertionError, match="masking and applying give the same outputs"):
+        conformance.check_plugin(lying)

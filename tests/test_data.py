@@ -10,7 +10,7 @@ from conftest import SHARED_DATA
 from harness_plugins import glue, synthetic
 from sklearn import metrics
 
-from harness import TaskRequest, data
+from harness import TaskRequest, batching, data
 from harness.errors import UsageError
 
 
@@ -101,8 +101,8 @@ def test_metrics_match_scikit_learn(name: str) -> None:
         "f1": metrics.f1_score(labels, predictions),
         "mcc": metrics.matthews_corrcoef(labels, predictions),
     }[name]
-    assert data.metric_value(name, labels, predictions) == pytest.approx(expected)
-    assert data.metric_value("f1", [0, 1, 2, 2], [0, 1, 2, 1], 3) == pytest.approx(
+    assert batching.metric_value(name, labels, predictions) == pytest.approx(expected)
+    assert batching.metric_value("f1", [0, 1, 2, 2], [0, 1, 2, 1], 3) == pytest.approx(
         metrics.f1_score([0, 1, 2, 2], [0, 1, 2, 1], average="macro"))
 
 
@@ -111,9 +111,9 @@ def test_training_stream_gives_exactly_the_steps_and_reshuffles() -> None:
 
     split = synthetic.generate()["validation"]
     tokenizer = tiny_tokenizer(Path("/tmp") / "harness-test-vocab")
-    stream = list(data.training_stream(tokenizer, split, steps=30, batch_size=32, max_length=16, seed=1))
+    stream = list(batching.training_stream(tokenizer, split, steps=30, batch_size=32, max_length=16, seed=1))
     assert len(stream) == 30 and all(len(b["labels"]) == 32 for b in stream)
-    again = list(data.training_stream(tokenizer, split, steps=30, batch_size=32, max_length=16, seed=1))
+    again = list(batching.training_stream(tokenizer, split, steps=30, batch_size=32, max_length=16, seed=1))
     assert all((a["input_ids"] == b["input_ids"]).all() for a, b in zip(stream, again))
 
 

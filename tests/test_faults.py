@@ -334,7 +334,8 @@ def test_names_from_user_input_become_slugs_confined_to_out(tmp_path) -> None:
 
 def test_a_child_refuses_to_run_code_edited_after_the_run_started(tmp_path, monkeypatch) -> None:
     from harness import identity, isolation
-    from harness.bench import BenchConfig, Plan
+    from harness.config import BenchConfig
+    from harness.planning import Plan
 
     folder = tmp_path / "package"
     folder.mkdir()

@@ -13,8 +13,8 @@ from conftest import WORDS, tiny_tokenizer
 
 from harness import Adapter, TrainResult, hookimpl, leaderboard
 from harness.adaptation import training_flags
+from harness.batching import Examples
 from harness.cli import main
-from harness.feeds import Examples
 from harness.records import Split, TaskData
 
 FAST = ["--train-steps", "3", "--calib-examples", "16", "--latency-batch", "2", "--latency-tokens", "8",
@@ -124,9 +124,9 @@ def test_flag_columns_read_back_empty_are_text(recwarn) -> None:
 
 
 def test_overflowing_perplexity_is_infinite_and_flagged(monkeypatch, tmp_path: Path) -> None:
-    from harness import feeds, modeling
+    from harness import batching, modeling
 
     monkeypatch.setattr(modeling, "token_losses", lambda model, batch: (torch.tensor([800.0]), torch.tensor([1])))
-    assert feeds.perplexity(torch.nn.Linear(1, 1), [object()]) == float("inf")
-    blocks = feeds.Blocks(task((0,) * 4, "causal-lm"), tiny_tokenizer(tmp_path / "tok"))
-    assert blocks.quality(torch.nn.Linear(1, 1), [object()]) == feeds.Quality(float("inf"), ("non-finite-perplexity",))
+    assert batching.perplexity(torch.nn.Linear(1, 1), [object()]) == float("inf")
+    blocks = batching.Blocks(task((0,) * 4, "causal-lm"), tiny_tokenizer(tmp_path / "tok"))
+    assert blocks.quality(torch.nn.Linear(1, 1), [object()]) == batching.Quality(float("inf"), ("non-finite-perplexity",))

@@ -12,6 +12,7 @@ from test_surgery_decoders import decoder_batch, decoder_config, tiny_decoder
 
 from harness import PruneRequest, ScoreRequest, conformance, surgery
 from harness.errors import UsageError
+from harness.options import describe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 KV = (2, 2, 2)  # 6 query heads per layer: groups {0, 1, 2} and {3, 4, 5}
@@ -135,7 +136,7 @@ def test_bad_arguments_raise():
 def test_registered_with_choices_and_conformant():
     (pruner,) = head_pruner.harness_pruners()
     assert dict(pruner.options) == {"scope": "global", "min_heads_per_layer": 1, "gqa": "groups"}
-    assert pruner.choices["gqa"] == ("groups", "query")
+    assert {s.name: s.choices for s in describe(pruner)}["gqa"] == ("groups", "query")
     conformance.check_plugin(pruner)
 
 

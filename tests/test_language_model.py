@@ -12,10 +12,10 @@ from harness_plugins import synthetic
 from test_decoder_bench import FAST, llama_tokenizer
 
 from harness import TaskRequest, modeling
+from harness.batching import Blocks, block_batch, perplexity, token_blocks
 from harness.cli import main
 from harness.data import load_task_file
 from harness.errors import UsageError
-from harness.feeds import Blocks, block_batch, perplexity, token_blocks
 from harness.records import Split, TaskData
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,6 +14,7 @@ from harness_plugins import finetune, lora
 from test_head_plugins import token_seven_batches  # noqa: E402
 
 from harness import TrainRequest, conformance, modeling, surgery
+from harness.options import describe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VARIANTS = tuple(lora.VARIANTS)
@@ -291,15 +292,16 @@ def test_uses_only_the_public_harness_api():
     assert not any(name.startswith(("harness_plugins", "plugins")) for name in imported)
     assert {name for name in imported if name.startswith("harness.")} <= {
         "harness.Adapter", "harness.TrainRequest", "harness.TrainResult", "harness.hookimpl",
-        "harness.modeling", "harness.surgery",
+        "harness.modeling", "harness.surgery", "harness.Options", "harness.option",
     }
     shared = {key: lora.OPTIONS[key] for key in finetune.OPTIONS}
-    assert shared == finetune.OPTIONS  # the shared loop's options, at finetune's defaults
+    assert shared == dict(finetune.OPTIONS)  # the shared loop's options, at finetune's defaults
 
 
 def test_adapters_are_registered_and_conform():
     records = lora.harness_adapters()
     assert [r.name for r in records] == ["lora", "dora", "rslora"]
     for record in records:
-        assert dict(record.options) == lora.OPTIONS and record.choices["targets"] == tuple(lora.TARGETS)
+        assert dict(record.options) == dict(lora.OPTIONS)
+        assert {s.name: s.choices for s in describe(record)}["targets"] == tuple(lora.TARGETS)
         conformance.check_plugin(record)

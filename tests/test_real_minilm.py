@@ -10,7 +10,7 @@ import torch
 from conftest import SHARED_DATA
 from harness_plugins import glue
 
-from harness import TaskRequest, data, modeling, surgery
+from harness import TaskRequest, batching, modeling, surgery
 from harness.cli import main
 from harness.models import MINILM_SHA256, load_classifier, resolve, sha256_of
 
@@ -25,7 +25,7 @@ def test_minilm_resolves_to_the_checked_package() -> None:
 def test_masked_equals_removed_and_reloads_on_real_minilm(tmp_path: Path) -> None:
     task = glue.load(TaskRequest(SHARED_DATA, 0, {"max_length": 64}))
     model, tokenizer = load_classifier(resolve("minilm"), task.label_names, seed=0)
-    batch = data.batches(tokenizer, task.validation, 16, 64, range(16))[0]
+    batch = batching.batches(tokenizer, task.validation, 16, 64, range(16))[0]
     keep = torch.rand(6, 12, generator=torch.Generator().manual_seed(3)) > 0.5
     keep[:, 0] = True
     with surgery.mask_heads(model, keep):

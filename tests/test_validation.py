@@ -101,20 +101,18 @@ def test_plugin_option_ranges_are_checked_up_front(capsys, no_work, tiny_model_d
 
 
 def test_every_numeric_builtin_option_declares_a_range_that_holds_its_default() -> None:
+    from harness.options import describe
     from harness.plugins import load_registry
 
     unbounded = {("random", "offset"), ("random-weight", "offset"), ("random-neuron", "offset"),
                  ("l0-gates", "init_log_alpha"), ("synthetic", "data_seed")}  # any integer / real is meaningful
     for item in load_registry():
         record = item.record
-        assert set(record.ranges) <= set(record.options), record.name
-        for key, default in record.options.items():
-            if isinstance(default, bool) or not isinstance(default, (int, float)):
+        for spec in describe(record):  # typed and dict options alike
+            key, default, low, high = spec.name, spec.default, spec.low, spec.high
+            if spec.type not in ("int", "float") or (record.name, key) in unbounded:
                 continue
-            if (record.name, key) in unbounded:
-                continue
-            assert key in record.ranges, f"{record.name}.{key} declares no range"
-            low, high = record.ranges[key]
+            assert spec.bounded, f"{record.name}.{key} declares no range"
             assert (low is None or default >= low) and (high is None or default <= high), f"{record.name}.{key}"
 
 
@@ -222,15 +220,17 @@ def test_using_an_ambiguous_name_lists_the_qualified_ones(capsys, no_work, clash
 
 
 def test_qualified_names_select_and_label_each_plugin(clashing_distribution, tiny_model_dir) -> None:
-    from harness.bench import BenchConfig, make_plan
+    from harness.config import BenchConfig
+    from harness.planning import make_plan
     from harness.plugins import load_registry, options_for, parse_options
 
     registry = load_registry()
     assert registry.get("scorer", "head-gradient").name == "head-gradient"
     assert registry.get("scorer", "prune_harness:head-gradient").name == "head-gradient"
-    config = BenchConfig(models=(str(tiny_model_dir("bert")),), plugins=("fake-scorers:random", "prune-harness:random",
-                         "heads"), sparsities=(0.5,), baselines=False, options=("fake-scorers:random.offset=3",))
-    overrides = parse_options(config.options, registry)
+    config = BenchConfig().replace(models=(str(tiny_model_dir("bert")),), plugins=("fake-scorers:random",
+                                   "prune-harness:random", "heads"), sparsities=(0.5,), baselines=False,
+                                   options=("fake-scorers:random.offset=3",))
+    overrides = parse_options(config.grid.options, registry)
     plan = make_plan(config, registry, overrides)
     scorers = {scorer.name: scorer for scorer, _ in plan.methods}
     assert set(scorers) == {"fake-scorers:random", "prune-harness:random"}

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence, Sized
 
-from harness import data as taskdata
 from harness import modeling
 
 if TYPE_CHECKING:
@@ -56,14 +55,14 @@ class Examples:
     def evaluation(self, limit: int | None) -> list[Batch]:
         validation = self.data.validation
         indices = range(min(len(validation), limit)) if limit else None
-        return taskdata.batches(self.tokenizer, validation, EVAL_BATCH, self.data.max_length, indices)
+        return batches(self.tokenizer, validation, EVAL_BATCH, self.data.max_length, indices)
 
     def calibration(self, count: int, batch_size: int, seed: int) -> list[Batch]:
-        indices = taskdata.calibration_indices(self.data.train, count, seed)
-        return taskdata.batches(self.tokenizer, self.data.train, batch_size, self.data.max_length, indices)
+        indices = calibration_indices(self.data.train, count, seed)
+        return batches(self.tokenizer, self.data.train, batch_size, self.data.max_length, indices)
 
     def stream(self, steps: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        return taskdata.training_stream(self.tokenizer, self.data.train, steps, batch_size, self.data.max_length, seed)
+        return training_stream(self.tokenizer, self.data.train, steps, batch_size, self.data.max_length, seed)
 
     def quality(self, model: nn.Module, batches: Sequence[Batch]) -> Quality:
         """The metric, flagged ``constant-predictions`` when every example gets one label.
@@ -73,7 +72,7 @@ class Examples:
         """
         labels = [int(label) for batch in batches for label in batch["labels"]]
         predictions = modeling.predict(model, batches)
-        score = taskdata.metric_value(self.data.metric, labels, predictions, len(self.data.label_names))
+        score = metric_value(self.data.metric, labels, predictions, len(self.data.label_names))
         return Quality(score, ("constant-predictions",) if len(set(predictions)) == 1 < len(predictions) else ())
 
 
@@ -116,11 +115,11 @@ class Blocks:
         return [block_batch(blocks[i : i + LM_EVAL_BATCH]) for i in range(0, len(blocks), LM_EVAL_BATCH)]
 
     def calibration(self, count: int, batch_size: int, seed: int) -> list[Batch]:
-        chosen = taskdata.calibration_indices(self.train, count, seed)
+        chosen = calibration_indices(self.train, count, seed)
         return [block_batch(self.train[chosen[i : i + batch_size]]) for i in range(0, len(chosen), batch_size)]
 
     def stream(self, steps: int, batch_size: int, seed: int) -> Iterator[Batch]:
-        for chosen in taskdata.shuffled_chunks(len(self.train), steps, batch_size, seed):
+        for chosen in shuffled_chunks(len(self.train), steps, batch_size, seed):
             yield block_batch(self.train[chosen])
 
     def quality(self, model: nn.Module, batches: Sequence[Batch]) -> Quality:
@@ -152,3 +151,66 @@ def perplexity(model: nn.Module, batches: Sequence[Batch]) -> float:
 def feed_for(data: TaskData, tokenizer: PreTrainedTokenizerBase) -> Feed:
     """The feed of the task's kind."""
     return Blocks(data, tokenizer) if data.kind == "causal-lm" else Examples(data, tokenizer)
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, split: Split, indices: Sequence[int], max_length: int) -> Batch:
+    import torch
+
+    text_a = [split.text_a[i] for i in indices]
+    text_b = [split.text_b[i] for i in indices] if split.text_b is not None else None
+    encoded = tokenizer(text_a, text_b, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    batch = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    batch["labels"] = torch.tensor([split.labels[i] for i in indices])
+    return batch
+
+
+def batches(
+    tokenizer: PreTrainedTokenizerBase, split: Split, batch_size: int, max_length: int, indices: Sequence[int] | None = None
+) -> list[Batch]:
+    """Fixed batches in order (evaluation, calibration); sorted by length to waste less padding."""
+    order = list(range(len(split))) if indices is None else list(indices)
+    order.sort(key=lambda i: len(split.text_a[i]) + len(split.text_b[i] if split.text_b else ""))
+    return [tokenize(tokenizer, split, order[i : i + batch_size], max_length) for i in range(0, len(order), batch_size)]
+
+
+def training_stream(
+    tokenizer: PreTrainedTokenizerBase, split: Split, steps: int, batch_size: int, max_length: int, seed: int
+) -> Iterator[Batch]:
+    """Exactly ``steps`` shuffled batches, reshuffling each epoch with a seeded generator."""
+    for chunk in shuffled_chunks(len(split), steps, batch_size, seed):
+        yield tokenize(tokenizer, split, chunk, max_length)
+
+
+def shuffled_chunks(size: int, steps: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """``steps`` lists of ``batch_size`` indices below ``size``: seeded epochs, reshuffled each time."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order.extend(rng.permutation(size).tolist())
+        chunk, order = order[:batch_size], order[batch_size:]
+        yield chunk
+
+
+def calibration_indices(split: Sized, count: int, seed: int) -> list[int]:
+    """A seeded, sorted sample of ``count`` indices of ``split`` (anything with a length)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 10_000)
+    return sorted(rng.permutation(len(split))[: min(count, len(split))].tolist())
+
+
+def metric_value(name: str, labels: Sequence[int], predictions: Sequence[int], num_labels: int = 2) -> float:
+    """The task's primary metric, from scikit-learn (F1 is binary for two labels, macro above)."""
+    from sklearn import metrics
+
+    if name == "accuracy":
+        return float(metrics.accuracy_score(labels, predictions))
+    if name == "f1":
+        average = "binary" if num_labels == 2 else "macro"
+        return float(metrics.f1_score(labels, predictions, average=average, zero_division=0))
+    if name == "mcc":
+        return float(metrics.matthews_corrcoef(labels, predictions))
+    raise ValueError(f"unknown metric {name!r}")

@@ -1,8 +1,8 @@
-"""The scheduler: crosses models × tasks × adapters × (scorer, pruner) × sparsities × seeds.
+"""Planning a grid: which models, tasks, adapters, (scorer, pruner) pairs and sparsities, validated up front.
 
-Each (model, task, adapter, seed) is fine-tuned once and each importance is
-computed once, then reused across sparsity levels. Every cell's row is written
-to the leaderboard as soon as it exists; a failing plugin costs only its cells.
+Everything a user could have got wrong (numbers, plugin names, options, task
+data, model kinds, budgets a pruner cannot meet) fails here, before any model
+is trained; :mod:`harness.cells` then runs the plan unit by unit.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness import data as taskdata
-from harness import surgery, tracking
+from harness import surgery, tensorboard
+from harness.config import BenchConfig, Budget, Grid
 from harness.errors import UsageError
 from harness.models import ModelSource, resolve_all
 from harness.plugins import Registry, options_for
 from harness.records import (
     Adapter,
+    Granularity,
     Pruner,
     Scorer,
     Task,
@@ -26,46 +28,7 @@ from harness.records import (
     TaskRequest,
 )
 
-SUPPORTED_GRANULARITIES = ("head", "weight", "neuron")
-DEFAULT_TASK = "synthetic"
-DEFAULT_MODEL = "minilm"
 DEFAULT_ADAPTER = "finetune"
-# One method of each granularity against its random baseline (added automatically): a grid that runs in minutes.
-DEFAULT_PLUGINS = ("head-gradient", "l0-gates", "heads", "taylor-neuron", "neurons", "magnitude", "global-unstructured")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """Everything a bench run takes from the command line."""
-
-    models: tuple[str, ...] = (DEFAULT_MODEL,)
-    tasks: tuple[str, ...] = (DEFAULT_TASK,)
-    plugins: tuple[str, ...] = DEFAULT_PLUGINS  # ("all",): every installed plugin
-    sparsities: tuple[float, ...] = (0.25, 0.5, 0.75)
-    seeds: tuple[int, ...] = (0,)
-    out: Path = Path("runs/latest")
-    data_dir: Path | None = None
-    options: tuple[str, ...] = ()
-    train_steps: int | None = None  # None: the task's own default budget, else 300
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    calib_examples: int = 512
-    latency_batch: int = 32
-    latency_tokens: int = 128
-    eval_limit: int | None = None
-    tensorboard: Path | None = None
-    targets: str = "linear"  # weight groups that weight-granularity methods prune
-    baselines: bool = True  # add the random baseline of each granularity (and magnitude for weights)
-    cache: Path | None = None  # None: harness.cache.default_root()
-    use_cache: bool = True
-    executor: str = "local"  # or "ray"
-    address: str | None = None  # an existing Ray cluster; None starts a local one
-    cpus_per_task: float = 1.0
-    retries: int = 2  # Ray retries of a unit whose worker died
-    recover: str | None = None  # an adapter that trains every pruned model again (rows with and without)
-    recover_steps: int = 200
-    isolation: str = "process"  # "process": each unit in a child process (crashes and hangs cost cells); "none"
-    cell_timeout: float = 3600.0  # seconds one step (fine-tune, scoring pass, cell) may take; 0: no limit
 
 
 @dataclass
@@ -80,7 +43,12 @@ class Plan:
     sparsities: list[float]
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     recovery: Adapter | None = None
+    granularities: dict[str, Granularity] = field(default_factory=dict)  # every one the methods use, by name
     code: dict[str, str] = field(default_factory=dict)  # record -> code identity, see code_of
+
+    def granularity(self, record: Scorer | Pruner | None) -> Granularity | None:
+        """The granularity a scorer or pruner works on (``None`` for the dense cell)."""
+        return self.granularities[record.granularity] if record is not None else None
 
     def code_of(self, record: Any) -> str:
         """The code identity of a plugin record (:func:`harness.identity.of`), computed once per plan.
@@ -99,7 +67,9 @@ class Plan:
 
     def all_code(self) -> None:
         """Every record's code identity, computed now (before the plan is shipped)."""
-        for record in [*(t for t, _ in self.tasks), *self.adapters, self.recovery, *(r for m in self.methods for r in m)]:
+        records = [*(t for t, _ in self.tasks), *self.adapters, self.recovery, *(r for m in self.methods for r in m),
+                   *self.granularities.values()]
+        for record in records:
             self.code_of(record)
 
     def recoveries(self) -> tuple[bool, ...]:
@@ -110,7 +80,7 @@ class Plan:
         return 1 + len(self.methods) * len(self.sparsities) * len(self.recoveries())
 
     def total_cells(self) -> int:
-        units = len(self.models) * len(self.tasks) * len(self.adapters) * len(self.config.seeds)
+        units = len(self.models) * len(self.tasks) * len(self.adapters) * len(self.config.grid.seeds)
         return units * self.cells_per_unit()
 
 
@@ -142,7 +112,7 @@ def _select(registry: Registry, names: Sequence[str]) -> dict[str, list[Any]]:
     return chosen
 
 
-def _pair(chosen: dict[str, list[Any]]) -> list[tuple[Scorer | None, Pruner]]:
+def _pair(chosen: dict[str, list[Any]], known: Registry) -> list[tuple[Scorer | None, Pruner]]:
     """Each scorer with every selected pruner of its granularity; score-free pruners once.
 
     A named scorer without a pruner of its granularity is an error; one selected
@@ -151,9 +121,12 @@ def _pair(chosen: dict[str, list[Any]]) -> list[tuple[Scorer | None, Pruner]]:
     """
     scorers, pruners, named = chosen["scorer"], chosen["pruner"], chosen["named"]
     methods: list[tuple[Scorer | None, Pruner]] = []
+    for record in [*scorers, *pruners]:
+        if not known.has("granularity", record.granularity):
+            kinds = ", ".join(known.names("granularity"))
+            raise UsageError(f"{type(record).__name__.lower()} {record.name!r}: granularity {record.granularity!r} "
+                             f"is not installed (known: {kinds})")
     for scorer in scorers:
-        if scorer.granularity not in SUPPORTED_GRANULARITIES:
-            raise UsageError(f"scorer {scorer.name!r}: granularity {scorer.granularity!r} is not supported")
         matching = [p for p in pruners if p.granularity == scorer.granularity and p.uses_scores]
         if not matching and "scorer" in named:
             raise UsageError(f"scorer {scorer.name!r} ({scorer.granularity}) has no pruner of its granularity selected")
@@ -185,13 +158,14 @@ def _with_baselines(methods: list[tuple[Scorer | None, Pruner]], registry: Regis
 
 def _load_tasks(config: BenchConfig, registry: Registry, overrides: dict) -> list[tuple[Task, TaskData]]:
     loaded = []
-    for name in config.tasks:
+    for name in config.grid.tasks:
         path = Path(name)
         if path.suffix.lower() in (".yaml", ".yml", ".json"):
             task = taskdata.load_task_file(path)
         else:
             task = registry.get("task", name)
-        request = TaskRequest(config.data_dir, config.seeds[0], options_for(task, overrides))
+        request = TaskRequest(config.execution.data_dir, config.grid.seeds[0], options_for(task, overrides),
+                              config.budget.batch_size)
         try:
             loaded.append((task, task.load(request)))
         except ValueError as error:  # data a task cannot be built from: the user's input, not a bug
@@ -199,39 +173,50 @@ def _load_tasks(config: BenchConfig, registry: Registry, overrides: dict) -> lis
     return loaded
 
 
-def _check_head_budgets(
-    config: BenchConfig, models: list[ModelSource], methods: list, sparsities: list[float], overrides: dict
-) -> None:
-    """Dry-run each head pruner on every model's head geometry, so an impossible (GQA) budget fails up front.
+def _check_budgets(config: BenchConfig, plan: Plan) -> None:
+    """Dry-run every pruner on each model's score shapes (from its config alone) at every sparsity.
 
     ``compute_mask`` is cheap and touches no weights; a ``UsageError`` it raises
-    (a budget the key/value groups cannot meet) stops the run before training.
-    Other failures belong to the cells and are reported there.
+    (e.g. a head budget grouped key/value heads cannot meet) stops the run before
+    training. Other failures belong to the cells and are reported there.
     """
-    pruners = {pruner.name: pruner for _, pruner in methods if pruner.granularity == "head"}
-    if not pruners or not sparsities:
+    pruners = {pruner.name: pruner for _, pruner in plan.methods}
+    if not pruners or not plan.sparsities:
         return
     import torch
     from transformers import AutoConfig
 
     from harness.records import PruneRequest
 
-    for source in models:
+    for source in plan.models:
         try:
-            geometry = surgery.config_geometry(AutoConfig.from_pretrained(source.location))
-        except Exception:  # no head surgery for this architecture, or no config: the cells will say so
+            model_config = AutoConfig.from_pretrained(source.location)
+            kv_heads = surgery.config_geometry(model_config).kv_heads_per_layer
+        except Exception:  # no config, or no head layout for this architecture: the cells will say so
             continue
-        scores = torch.zeros(geometry.num_layers, max(geometry.heads_per_layer))
         for pruner in pruners.values():
-            for sparsity in sparsities:
-                request = PruneRequest(scores, sparsity, options_for(pruner, overrides), config.seeds[0],
-                                       geometry.kv_heads_per_layer)
+            shapes = _config_shapes(plan.granularity(pruner), model_config)
+            if shapes is None:
+                continue
+            for sparsity in plan.sparsities:
+                request = PruneRequest(torch.zeros(shapes), sparsity, options_for(pruner, plan.overrides),
+                                       config.grid.seeds[0], kv_heads)
                 try:
                     pruner.compute_mask(request)
                 except UsageError as error:
                     raise UsageError(f"{source.name}: {error}") from None
                 except Exception:
                     pass
+
+
+def _config_shapes(granularity: Granularity | None, model_config: Any) -> Any:
+    """A granularity's score shape from a model config, or ``None`` when it cannot tell (or fails)."""
+    if granularity is None or granularity.config_shapes is None:
+        return None
+    try:
+        return granularity.config_shapes(model_config)
+    except Exception:
+        return None
 
 
 def _check_model_kinds(models: list[ModelSource], tasks: list[tuple[Task, TaskData]]) -> None:
@@ -253,69 +238,81 @@ def _check_model_kinds(models: list[ModelSource], tasks: list[tuple[Task, TaskDa
                              f"({config.model_type}) is not a causal LM; give a decoder such as GPT-2 or LLaMA")
 
 
-def _check_grid(config: BenchConfig) -> None:
+def _check_grid(grid: Grid) -> None:
     """Seeds and sparsities: at least one seed, none given twice (a repeat would only duplicate rows)."""
-    if not config.seeds:
+    if not grid.seeds:
         raise UsageError("give at least one seed")
-    for what, values in (("seed", config.seeds), ("sparsity", config.sparsities)):
+    for what, values in (("seed", grid.seeds), ("sparsity", grid.sparsities)):
         repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
         if repeated is not None:
             raise UsageError(f"{what} {repeated:g} is given twice")
-    for seed in config.seeds:
+    for seed in grid.seeds:
         if seed < 0:
             raise UsageError(f"seed {seed} is negative (numpy's seeded generators take seeds >= 0)")
-    for s in config.sparsities:
+    for s in grid.sparsities:
         if not 0.0 <= s < 1.0:
             raise UsageError(f"sparsity {s} is outside [0, 1)")
 
 
 def _check_numbers(config: BenchConfig) -> None:
-    """Every numeric flag in its range before anything loads: out of range, it would fail (or mislead) mid-grid."""
+    """Every numeric setting in its range before anything loads: out of range, it would fail (or mislead) mid-grid."""
+    b, m, e = config.budget, config.measure, config.execution
     at_least = {
-        "--train-steps": (config.train_steps, 0), "--batch-size": (config.batch_size, 1),
-        "--calib-examples": (config.calib_examples, 1), "--latency-batch": (config.latency_batch, 1),
-        "--latency-tokens": (config.latency_tokens, 1), "--eval-limit": (config.eval_limit, 1),
-        "--retries": (config.retries, 0), "--recover-steps": (config.recover_steps, 1),
-        "--cell-timeout": (config.cell_timeout, 0),
+        "--train-steps": (b.train_steps, 0), "--batch-size": (b.batch_size, 1),
+        "--calib-examples": (b.calib_examples, 1), "--latency-batch": (m.latency_batch, 1),
+        "--latency-tokens": (m.latency_tokens, 1), "--eval-limit": (b.eval_limit, 1),
+        "--retries": (e.retries, 0), "--recover-steps": (b.recover_steps, 1),
+        "--cell-timeout": (e.cell_timeout, 0),
     }
     for flag, (value, low) in at_least.items():
         if value is not None and not value >= low:  # `not >=` also refuses NaN
             raise UsageError(f"{flag} must be >= {low}, not {value:g}")
-    for flag, number in (("--lr", config.learning_rate), ("--cpus-per-task", config.cpus_per_task)):
+    for flag, number in (("--lr", b.learning_rate), ("--cpus-per-task", e.cpus_per_task)):
         if not (math.isfinite(number) and number > 0):
             raise UsageError(f"{flag} must be a finite number > 0, not {number:g}")
+    if e.executor not in ("local", "ray"):
+        raise UsageError(f"executor {e.executor!r} is not one of local, ray")
+    if e.isolation not in ("process", "none"):
+        raise UsageError(f"isolation {e.isolation!r} is not one of process, none")
 
 
-def _check_batch_size(config: BenchConfig, tasks: list[tuple[Task, TaskData]]) -> None:
+def _check_batch_size(budget: Budget, tasks: list[tuple[Task, TaskData]]) -> None:
     """A training batch larger than a classification task's training split would repeat examples within it.
 
     (A causal-LM task's split is cut into token blocks only once a tokenizer is loaded: not checked here.)
     """
     for task, data in tasks:
-        if data.kind == "classification" and config.batch_size > len(data.train):
-            raise UsageError(f"--batch-size {config.batch_size} is larger than the training split of task "
+        if data.kind == "classification" and budget.batch_size > len(data.train):
+            raise UsageError(f"--batch-size {budget.batch_size} is larger than the training split of task "
                              f"{task.name} ({len(data.train)} examples)")
+
+
+def _methods(grid: Grid, chosen: dict[str, list[Any]], registry: Registry) -> list[tuple[Scorer | None, Pruner]]:
+    methods = _pair(chosen, registry)
+    return _with_baselines(methods, registry) if grid.baselines else methods
 
 
 def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict[str, Any]]) -> Plan:
     """Validate the whole grid up front (numbers, plugins, models, task data) so bad input costs nothing."""
-    _check_grid(config)
+    grid = config.grid
+    _check_grid(grid)
     _check_numbers(config)
-    if config.tensorboard is not None:
-        tracking.check_available()
+    if config.execution.tensorboard is not None:
+        tensorboard.check_available()
     try:
-        surgery.parse_groups(config.targets)
+        surgery.parse_groups(grid.targets)
     except ValueError as error:
         raise UsageError(f"--targets: {error}") from None
-    chosen = _select(registry, config.plugins)
-    methods = _pair(chosen)
-    if config.baselines:
-        methods = _with_baselines(methods, registry)
+    chosen = _select(registry, grid.plugins)
+    methods = _methods(grid, chosen, registry)
     tasks = _load_tasks(config, registry, overrides)
-    _check_batch_size(config, tasks)
-    models = resolve_all(config.models)
+    _check_batch_size(config.budget, tasks)
+    models = resolve_all(grid.models)
     _check_model_kinds(models, tasks)
-    sparsities = sorted({s for s in config.sparsities if s > 0})
-    _check_head_budgets(config, models, methods, sparsities, overrides)
-    recovery = registry.get("adapter", config.recover) if config.recover else None
-    return Plan(config, models, tasks, chosen["adapter"], methods, sparsities, overrides, recovery)
+    sparsities = sorted({s for s in grid.sparsities if s > 0})
+    recovery = registry.get("adapter", grid.recover) if grid.recover else None
+    used = {record.granularity for method in methods for record in method if record is not None}
+    granularities = {name: registry.get("granularity", name) for name in sorted(used)}
+    plan = Plan(config, models, tasks, chosen["adapter"], methods, sparsities, overrides, recovery, granularities)
+    _check_budgets(config, plan)
+    return plan

@@ -1,25 +1,39 @@
 """One unit of a grid: fine-tune once (or load it from the cache), score once per scorer, prune per sparsity.
 
-Failures are isolated: an exception in a plugin becomes ``status=error`` rows for
-exactly the cells that depended on it, and the grid goes on. Which units run
-where, and resuming, is :mod:`harness.executor`'s job.
+What a cell computes lives here (keys, fine-tune, scoring, pruning through the
+granularity, measuring); the order of the cells and what a failure costs is
+:mod:`harness.cells`; where units run, and resuming, is :mod:`harness.executor`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
-from harness import adaptation, feeds, modeling, surgery
-from harness.bench import Plan
-from harness.cache import Cache, digest, untied
+from harness import adaptation, batching, measures, modeling, surgery
+from harness.cache import Cache, default_root, digest, fingerprint_folder, untied
+from harness.cells import DENSE, Cell, UnitSpec
+from harness.config import Budget
 from harness.models import ModelSource, load_for_task
+from harness.planning import Plan
 from harness.plugins import options_for, options_label
-from harness.records import Adapter, Pruner, PruneRequest, Scorer, ScoreRequest, Task, TaskData, TrainRequest
-from harness.tracking import Scalars, recording
+from harness.records import (
+    Adapter,
+    Granularity,
+    Pruner,
+    PruneRequest,
+    Scorer,
+    ScoreRequest,
+    Task,
+    TaskData,
+    TrainRequest,
+)
+from harness.tensorboard import Scalars, recording
 
 Row = dict[str, Any]
 DEFAULT_TRAIN_STEPS = 300
@@ -71,70 +85,80 @@ class Unit:
 
     @property
     def train_steps(self) -> int:
-        steps = self.plan.config.train_steps
+        steps = self.plan.config.budget.train_steps
         return steps if steps is not None else (self.data.train_steps or DEFAULT_TRAIN_STEPS)
 
-    def row(self, scorer: Scorer | None, pruner: Pruner | None, sparsity: float, recovery: bool = False) -> Row:
-        """The identifying columns of a cell, with its content-hash run id."""
-        c, o = self.plan.config, self.plan.overrides
-        recover = self.plan.recovery if recovery else None
-        labels = [options_label(r, o) for r in (self.task, self.adapter, scorer, pruner) if r is not None]
-        granularity = pruner.granularity if pruner else "none"
+    @property
+    def budget(self) -> Budget:
+        """The budget with the task's default training steps filled in: what the keys hash."""
+        return dataclasses.replace(self.plan.config.budget, train_steps=self.train_steps)
+
+    def targets(self, granularity: Granularity | None) -> tuple[str, ...]:
+        """The ``--targets`` modules, for a granularity that prunes within them (else none)."""
+        if granularity is None or not granularity.uses_targets:
+            return ()
+        if "targets" not in self.scopes:
+            self.scopes["targets"] = surgery.target_modules(self.model, self.plan.config.grid.targets)
+        return self.scopes["targets"]
+
+    def row(self, cell: Cell) -> Row:
+        """The identifying columns of a cell, with its run id: a hash of them, the budget, measurement and code."""
+        plan, o = self.plan, self.plan.overrides
+        recover = plan.recovery if cell.recovery else None
+        labels = [options_label(r, o) for r in (self.task, self.adapter, cell.scorer, cell.pruner) if r is not None]
+        granularity = plan.granularity(cell.pruner)
         parts = {
             "model": self.source.name,
             "task": self.task.name,
             "adapter": self.adapter.name,
-            "scorer": scorer.name if scorer else "none",
-            "pruner": pruner.name if pruner else "none",
-            "granularity": granularity,
+            "scorer": cell.scorer.name if cell.scorer else "none",
+            "pruner": cell.pruner.name if cell.pruner else "none",
+            "granularity": granularity.name if granularity else "none",
             "options": ";".join(label for label in labels if label),
-            "targets": c.targets if granularity == "weight" else "",
-            "sparsity": sparsity,
+            "targets": plan.config.grid.targets if granularity and granularity.uses_targets else "",
+            "sparsity": cell.sparsity,
             "seed": self.seed,
             "recovery": (options_label(recover, o) or recover.name) if recover else "",
         }
-        budget = (self.train_steps, c.batch_size, c.learning_rate, c.calib_examples, c.eval_limit)
-        if recover:
-            budget = (*budget, c.recover_steps)
-        latency = (c.latency_batch, c.latency_tokens)
-        code_of = self.plan.code_of
-        code = {"unit": self.unit_code(), "scorer": code_of(scorer), "pruner": code_of(pruner), "recovery": code_of(recover)}
-        key = digest({**parts, "identity": self.identity, "budget": budget, "latency": latency, "code": code})
+        budget = self.budget.stages("train", "score", "cell", *(("recovery",) if recover else ()))
+        code = {"unit": self.unit_code(), "scorer": plan.code_of(cell.scorer), "pruner": plan.code_of(cell.pruner),
+                "granularity": plan.code_of(granularity), "recovery": plan.code_of(recover)}
+        key = digest({**parts, "identity": self.identity, "budget": budget,
+                      "measure": dataclasses.asdict(plan.config.measure), "code": code})
         return {"run_id": key, **parts, "metric": self.data.metric, "train_s": round(self.train_s, 2), **self.adapted}
 
     def unit_key(self) -> str:
         """Hash of what determines the fine-tuned model: the cache key of the unit's training."""
-        c = self.plan.config
         adapter = options_label(self.adapter, self.plan.overrides) or self.adapter.name
-        budget = (self.train_steps, c.batch_size, c.learning_rate)
         return digest({"identity": self.identity, "model": self.source.name, "task": self.task.name,
-                       "adapter": adapter, "seed": self.seed, "budget": budget, "code": self.unit_code()})
+                       "adapter": adapter, "seed": self.seed, "budget": self.budget.stages("train"),
+                       "code": self.unit_code()})
 
     def unit_code(self) -> dict[str, str]:
         """The code identities of the task and adapter plugins: what the fine-tune depends on besides data."""
         return {"task": self.plan.code_of(self.task), "adapter": self.plan.code_of(self.adapter)}
 
-    def scope(self, granularity: str) -> tuple[tuple[str, ...], int] | None:
+    def scope(self, granularity: Granularity) -> tuple[tuple[str, ...], int] | None:
         """The weights a granularity prunes (names, dense count): what achieved sparsity is measured on."""
-        if granularity not in self.scopes:
-            groups = {"head": ("q", "k", "v", "o"), "neuron": ("ffn_in", "ffn_out")}
+        if granularity.name not in self.scopes:
             try:
-                spec = groups.get(granularity) or surgery.parse_groups(self.plan.config.targets)
-                names = surgery.target_modules(self.model, spec)
-                self.scopes[granularity] = (names, surgery.count_nonzero(self.model, names)[1])
+                names = granularity.scope(self.model, self.targets(granularity))
+                self.scopes[granularity.name] = (names, surgery.count_nonzero(self.model, names)[1])
             except ValueError:  # an architecture without a layout for this granularity
-                self.scopes[granularity] = None
-        return self.scopes[granularity]
+                self.scopes[granularity.name] = None
+        return self.scopes[granularity.name]
 
-    def sparsity_of(self, model: Any, granularity: str) -> float:
+    def sparsity_of(self, model: Any, granularity: Granularity | None) -> float:
         """1 - nonzero weights left in the pruned scope / weights the dense model had there (counted)."""
-        scope = self.scope(granularity) if granularity != "none" else None
+        if granularity is None:
+            return 0.0
+        scope = self.scope(granularity)
         if scope is None:
-            return 0.0 if granularity == "none" else float("nan")
+            return float("nan")
         names, dense = scope
         return 1.0 - surgery.count_nonzero(model, names)[0] / dense
 
-    def measure(self, model: Any, row: Row) -> Row:
+    def measure(self, model: Any, row: Row, granularity: Granularity | None = None) -> Row:
         """Quality on the validation split, size, sparsity, FLOPs, latency and speedup over the dense model.
 
         A pruned model is timed in alternation with the dense one, in the same run.
@@ -144,15 +168,15 @@ class Unit:
         flags = sorted({*self.flags, *row.pop("flags", ()), *quality.flags})
         geometry = surgery.head_geometry(model)
         if model is self.model:
-            latency = reference = modeling.measure_latency_ms(model, self.latency_input)
+            latency = reference = measures.measure_latency_ms(model, self.latency_input)
         else:
-            reference, latency = modeling.compare_latency_ms([self.model, model], self.latency_input)
+            reference, latency = measures.compare_latency_ms([self.model, model], self.latency_input)
         log = self.scalars.logger(f"cell-{row['run_id']}")
         log(f"eval/{self.data.metric}", score, 0)
         log("eval/heads_kept", geometry.total_heads, 0)
         log("eval/latency_ms", latency, 0)
-        gflops = modeling.forward_flops(model, self.latency_input) / 1e9 if model is not self.model else self.dense_gflops
-        achieved = self.sparsity_of(model, row["granularity"])
+        gflops = measures.forward_flops(model, self.latency_input) / 1e9 if model is not self.model else self.dense_gflops
+        achieved = self.sparsity_of(model, granularity)
         log("eval/achieved_sparsity", achieved, 0)
         return {
             **row,
@@ -172,11 +196,11 @@ class Unit:
 
     def prepare(self) -> None:
         """Load and fine-tune (or load the cached fine-tune of) the dense model: the reference of every cell."""
-        c = self.plan.config
+        budget, measure = self.budget, self.plan.config.measure
         self.model, self.tokenizer = load_for_task(self.source, self.data, self.seed)
-        self.feed = feeds.feed_for(self.data, self.tokenizer)
-        self.eval_batches = self.feed.evaluation(c.eval_limit)
-        self.calibration = self.feed.calibration(c.calib_examples, c.batch_size, self.seed)
+        self.feed = batching.feed_for(self.data, self.tokenizer)
+        self.eval_batches = self.feed.evaluation(budget.eval_limit)
+        self.calibration = self.feed.calibration(budget.calib_examples, budget.batch_size, self.seed)
         meta = self.cache.load_model(self.unit_key(), self.model)
         if meta is None:
             meta, updates = self._train()
@@ -188,22 +212,23 @@ class Unit:
         self.flags = adaptation.training_flags(meta.get(LOSS_KEY), self.data)
         self.model.eval()
         self.heads_total = surgery.head_geometry(self.model).total_heads
-        self.latency_input = modeling.latency_input(self.model, c.latency_batch, c.latency_tokens)
-        self.dense_gflops = modeling.forward_flops(self.model, self.latency_input) / 1e9
+        self.latency_input = measures.latency_input(self.model, measure.latency_batch, measure.latency_tokens)
+        self.dense_gflops = measures.forward_flops(self.model, self.latency_input) / 1e9
 
     def spectra_stem(self) -> Any:
         """Where this unit's update spectra go: ``<out>/spectra/<model>-<task>-<adapter>-seed<N>``, slugs only."""
         from harness.atomic import confined
 
         model = self.source.name.rstrip("/").split("/")[-1]
-        return confined(self.plan.config.out, "spectra", f"{model}-{self.task.name}-{self.adapter.name}-seed{self.seed}")
+        return confined(self.plan.config.execution.out, "spectra",
+                        f"{model}-{self.task.name}-{self.adapter.name}-seed{self.seed}")
 
     def _train(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        c = self.plan.config
-        stream = self.feed.stream(self.train_steps, c.batch_size, self.seed)
+        budget = self.budget
         options = options_for(self.adapter, self.plan.overrides)
-        log = self.scalars.logger(f"{self.adapter.name}-{self.row(None, None, 0.0)['run_id']}")
-        request = TrainRequest(self.model, stream, self.train_steps, c.learning_rate, self.seed, options, log)
+        log = self.scalars.logger(f"{self.adapter.name}-{self.row(DENSE)['run_id']}")
+        stream = self.train_batches(self.train_steps)
+        request = TrainRequest(self.model, stream, self.train_steps, budget.learning_rate, self.seed, options, log)
         start = time.perf_counter()
         result = self.adapter.train(request)
         elapsed = time.perf_counter() - start
@@ -214,27 +239,26 @@ class Unit:
         return meta, dict(result.updates)
 
     def dense(self) -> Row:
-        return self.measure(self.model, {**self.row(None, None, 0.0), "scoring_s": 0.0})
+        return self.measure(self.model, {**self.row(DENSE), "scoring_s": 0.0})
 
-    def train_batches(self, steps: int) -> Any:
-        c = self.plan.config
-        return self.feed.stream(steps, c.batch_size, self.seed)
+    def train_batches(self, steps: int, seed_offset: int = 0) -> Any:
+        return self.feed.stream(steps, self.budget.batch_size, self.seed + seed_offset)
 
-    def scores(self, scorer: Scorer | None, sparsity: float | None) -> Scored:
+    def scores(self, scorer: Scorer | None, pruner: Pruner, sparsity: float | None) -> Scored:
         """A scorer's output on a copy of the dense model (once, or once per sparsity if it learns), cached.
 
-        Without a scorer (a pruner that uses no scores) the "scores" are the
-        absolute target weights: only their shapes matter.
+        Without a scorer (a pruner that uses no scores) the "scores" are zeros of
+        the granularity's shapes: only their shapes matter.
         """
-        targets = self.scope("weight")[0] if self.scope("weight") else ()
+        granularity = self.plan.granularity(scorer or pruner)
+        expected = granularity.shapes(self.model, self.targets(granularity))
         if scorer is None:
-            modules = dict(self.model.named_modules())
-            return Scored({n: modules[n].weight.detach().abs() for n in targets}, 0.0, {})
-        key = self._score_key(scorer, sparsity, targets)
+            return Scored(_zeros(expected), 0.0, {})
+        key = self._score_key(scorer, sparsity, granularity)
         cached = self._cached_scores(scorer, key)
         if cached is not None:
             return cached
-        scored = self._score(scorer, sparsity, targets)
+        scored = self._score(scorer, sparsity, granularity, expected)
         self.cache.counts["scoring_runs"] += 1
         tensors = scored.values if isinstance(scored.values, dict) else {"": scored.values}
         tensors = {f"scores/{name}": t for name, t in tensors.items()}
@@ -244,13 +268,12 @@ class Unit:
         self.cache.save_tensors("scores", key, untied(tensors), meta)
         return scored
 
-    def _score_key(self, scorer: Scorer, sparsity: float | None, targets: tuple[str, ...]) -> str:
-        c = self.plan.config
+    def _score_key(self, scorer: Scorer, sparsity: float | None, granularity: Granularity) -> str:
         label = options_label(scorer, self.plan.overrides) or scorer.name
-        targets = targets if scorer.granularity == "weight" else ()
-        calibration = (c.calib_examples, c.batch_size)
-        return digest({"unit": self.unit_key(), "scorer": label, "sparsity": sparsity, "targets": targets,
-                       "calibration": calibration, "code": self.plan.code_of(scorer)})
+        code = {"scorer": self.plan.code_of(scorer), "granularity": self.plan.code_of(granularity)}
+        return digest({"unit": self.unit_key(), "scorer": label, "sparsity": sparsity,
+                       "targets": self.targets(granularity), "budget": self.budget.stages("train", "score"),
+                       "code": code})
 
     def _cached_scores(self, scorer: Scorer, key: str) -> Scored | None:
         found = self.cache.load_tensors("scores", key)
@@ -267,86 +290,121 @@ class Unit:
         values = scores if meta["dict"] else scores[""]
         return Scored(values, float(meta["seconds"]), dict(meta["extras"]), model)
 
-    def _score(self, scorer: Scorer, sparsity: float | None, targets: tuple[str, ...]) -> Scored:
+    def _score(self, scorer: Scorer, sparsity: float | None, granularity: Granularity, expected: Any) -> Scored:
         model = copy.deepcopy(self.model)
-        label = self.row(scorer, None, sparsity or 0.0)["run_id"]
+        label = self.row(Cell(scorer, None, sparsity or 0.0))["run_id"]
         extras: dict[str, float] = {}
         log = recording(self.scalars.logger(f"{scorer.name}-{label}"), extras)
         options = options_for(scorer, self.plan.overrides)
-        targets = targets if scorer.granularity == "weight" else ()
-        request = ScoreRequest(model, self.calibration, self.seed, options, sparsity, self.train_batches, log, targets)
+        request = ScoreRequest(model, self.calibration, self.seed, options, sparsity, self.train_batches, log,
+                               self.targets(granularity))
         start = time.perf_counter()
         values = scorer.score(request)
         elapsed = time.perf_counter() - start
-        values = _checked_scores(scorer, values, self._expected_shapes(scorer.granularity))
+        values = _checked_scores(scorer, values, expected)
         return Scored(values, elapsed, extras, model if scorer.updates_model else None)
 
-    def _expected_shapes(self, granularity: str) -> Any:
-        if granularity == "head":
-            geometry = surgery.head_geometry(self.model)
-            return (geometry.num_layers, max(geometry.heads_per_layer))
-        if granularity == "neuron":
-            widths = surgery.ffn_widths(self.model)
-            return (len(widths), max(widths))
-        modules = dict(self.model.named_modules())
-        return {name: tuple(modules[name].weight.shape) for name in self.scope("weight")[0]}
-
-    def pruned(self, scorer: Scorer | None, pruner: Pruner, scored: Scored, sparsity: float, recovery: bool) -> Row:
-        """Apply the pruner's mask to a copy; with ``recovery``, train it again (sparsity kept) before measuring."""
-        scores = scored.values
-        kv_heads = surgery.head_geometry(self.model).kv_heads_per_layer
-        request = PruneRequest(scores, sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads)
-        keep = pruner.compute_mask(request)
+    def pruned(self, cell: Cell, scored: Scored) -> Row:
+        """Apply the pruner's mask to a copy; with recovery, train it again (sparsity kept) before measuring."""
+        pruner, scores = cell.pruner, scored.values
+        assert pruner is not None
+        granularity = self.plan.granularity(pruner)
         base = scored.model if scored.model is not None else self.model
-        model = apply_keep(copy.deepcopy(base), pruner, keep, scores)
+        kv_heads = _kv_heads(base)
+        request = PruneRequest(scores, cell.sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads, base)
+        keep = _checked_mask(pruner, pruner.compute_mask(request), scores)
+        model = granularity.apply(copy.deepcopy(base), keep)
         extras = dict(scored.extras)
-        row = {**self.row(scorer, pruner, sparsity, recovery), "scoring_s": round(scored.seconds, 3)}
-        if recovery:
-            model, recovered, row["flags"] = adaptation.recover(self, model, pruner, keep)
+        row = {**self.row(cell), "scoring_s": round(scored.seconds, 3)}
+        if cell.recovery:
+            model, recovered, row["flags"] = self._recover(model, granularity.held(model, keep))
             extras.update(recovered)
             row["trainable_params"] = int(recovered["recovery/trainable_params"])
         row["extras"] = json.dumps({k: round(v, 6) for k, v in sorted(extras.items())}) if extras else ""
-        return self.measure(model, row)
+        return self.measure(model, row, granularity)
 
-    def error_row(self, cell: tuple, error: BaseException) -> Row:
-        return {**self.row(*cell), "status": "error", "error": _error_text(error)}
+    def _recover(self, model: Any, held: Any) -> tuple[Any, dict[str, float], tuple[str, ...]]:
+        adapter = self.plan.recovery
+        assert adapter is not None
+        steps = self.budget.recover_steps
+        request = TrainRequest(model, self.train_batches(steps, seed_offset=1), steps, self.budget.learning_rate,
+                               self.seed, options_for(adapter, self.plan.overrides))
+        return adaptation.recover(adapter, request, held, self.data)
+
+    def error_row(self, cell: Cell, error: BaseException) -> Row:
+        return {**self.row(cell), "status": "error", "error": _error_text(error)}
+
+
+def cache_of(plan: Plan) -> Cache:
+    e = plan.config.execution
+    return Cache(None if not e.use_cache else Path(e.cache) if e.cache else default_root())
+
+
+def _data_fingerprint(data: Any) -> str:
+    import hashlib
+    import json
+
+    splits = [(s.text_a, s.text_b, s.labels) for s in (data.train, data.validation)]
+    blob = json.dumps([splits, data.label_names, data.metric, data.max_length])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def make_unit(plan: Plan, spec: UnitSpec, write: Callable[[Row], None], scalars: Scalars, cache: Cache) -> Unit:
+    source = plan.models[spec.model]
+    task, data = plan.tasks[spec.task]
+    identity = {"model": fingerprint_folder(source.location), "data": _data_fingerprint(data)}
+    return Unit(plan, source, task, data, plan.adapters[spec.adapter], spec.seed, write, scalars, cache, identity)
+
+
+def _kv_heads(model: Any) -> tuple[int, ...]:
+    """Key/value heads per layer of grouped attention (empty when not grouped, or no attention layout)."""
+    try:
+        return surgery.head_geometry(model).kv_heads_per_layer
+    except ValueError:
+        return ()
+
+
+def _zeros(expected: Any) -> Any:
+    import torch
+
+    if isinstance(expected, dict):
+        return {name: torch.zeros(shape) for name, shape in expected.items()}
+    return torch.zeros(expected)
 
 
 def _checked_scores(scorer: Scorer, values: Any, expected: Any) -> Any:
     """Scores as float CPU tensors, after checking shapes against the model and that they can be ranked.
 
-    NaN ranks nowhere; weight scores must also be finite (global and LAMP
-    rankings compare them across modules). Head and neuron scores may use ±inf
+    NaN ranks nowhere; per-module scores must also be finite (global and LAMP
+    rankings compare them across modules). A single score tensor may use ±inf
     to pin a unit.
     """
     if isinstance(expected, dict):
         if not isinstance(values, dict) or set(values) != set(expected):
             raise ValueError(f"scorer {scorer.name!r} must return a tensor for each of the {len(expected)} target modules")
         for name, shape in expected.items():
-            if tuple(values[name].shape) != shape:
+            if tuple(values[name].shape) != tuple(shape):
                 raise ValueError(f"scorer {scorer.name!r}: {name} scores have shape {tuple(values[name].shape)}")
             if not bool(values[name].isfinite().all()):
                 raise ValueError(f"scorer {scorer.name!r}: {name} scores are not all finite")
         return {name: values[name].detach().float().cpu() for name in expected}
-    if tuple(getattr(values, "shape", ())) != expected:
+    if tuple(getattr(values, "shape", ())) != tuple(expected):
         shape = tuple(getattr(values, "shape", ()))
-        raise ValueError(f"scorer {scorer.name!r} returned shape {shape}, expected {expected}")
+        raise ValueError(f"scorer {scorer.name!r} returned shape {shape}, expected {tuple(expected)}")
     if bool(values.isnan().any()):
         raise ValueError(f"scorer {scorer.name!r} returned NaN scores")
     return values.detach().float().cpu()
 
 
-def apply_keep(model: Any, pruner: Pruner, keep: Any, scores: Any) -> Any:
-    """Apply a pruner's keep-mask: heads and neurons are removed, weights zeroed permanently."""
-    if pruner.granularity == "weight":
+def _checked_mask(pruner: Pruner, keep: Any, scores: Any) -> Any:
+    """A pruner's keep-mask in the scores' form: one mask per scored module, or one tensor; same shapes."""
+    if isinstance(scores, dict):
         if not isinstance(keep, dict) or set(keep) != set(scores):
             raise ValueError(f"pruner {pruner.name!r} must return a mask for each scored module")
         for name, mask in keep.items():
             if tuple(mask.shape) != tuple(scores[name].shape):
                 raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(mask.shape)} for {name}")
-        return surgery.apply_weight_masks(model, {name: mask.bool() for name, mask in keep.items()})
+        return {name: mask.bool() for name, mask in keep.items()}
     if tuple(getattr(keep, "shape", ())) != tuple(scores.shape):
         raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(getattr(keep, 'shape', ()))}")
-    if pruner.granularity == "neuron":
-        return surgery.remove_neurons(model, keep.bool())
-    return surgery.remove_heads(model, keep.bool())
+    return keep.bool()
