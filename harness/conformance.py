@@ -256,6 +256,9 @@ def check_task(task: Task, request: TaskRequest | None = None) -> None:
     for split in (data.train, data.validation):
         assert len(split) > 0
         assert set(split.labels) <= set(range(len(data.label_names)))
+    if data.kind == "causal-lm":  # unlabelled text, scored by perplexity
+        assert all(text.strip() for split in (data.train, data.validation) for text in split.text_a), "empty texts"
+        return
     assert len(set(data.validation.labels)) > 1, "a validation split with one label cannot rank methods"
 
 

@@ -67,11 +67,22 @@ def module_closure(name: str) -> list[str]:
             continue
         seen.add(current)
         module = sys.modules.get(current)
-        owners = {_owner(value) for value in list(vars(module).values())} if module else set()
+        owners = {_owner(value) for key, value in list(vars(module).items())
+                  if not _submodule_attribute(current, key, value)} if module else set()
         for used in (owners | _imports(current)) - seen:
             if used and used.split(".")[0] == top:
                 todo.append(used)
     return sorted(seen)
+
+
+def _submodule_attribute(package: str, key: str, value: Any) -> bool:
+    """``pkg.sub`` as attribute ``sub`` of ``pkg``: set by importing it anywhere, not a use by ``pkg``.
+
+    Following it would make a closure through the package depend on which siblings
+    this process happens to have imported (the parent's differs from a worker's).
+    What the package's own source imports still counts, through its imports.
+    """
+    return isinstance(value, ModuleType) and value.__name__ == f"{package}.{key}"
 
 
 def _source_of(name: str) -> str | None:
@@ -125,9 +136,9 @@ def _parsed_imports(name: str, path: str, mtime_ns: int, size: int) -> tuple[str
 def _source_hash(modules: list[str]) -> str:
     """Hash of the modules' files as they are on disk now (re-read whenever a file changes)."""
     h = hashlib.sha256()
-    for name in modules:
-        path = getattr(sys.modules.get(name), "__file__", None)
-        data = sha256_of(Path(path)) if path and Path(path).is_file() else "(no source)"
+    for name in modules:  # imported or not: a sibling a plugin imports lazily hashes the same in every process
+        path = _source_of(name)
+        data = sha256_of(Path(path)) if path else "(no source)"
         h.update(f"{name}\0{data}\0".encode())
     return h.hexdigest()[:16]
 

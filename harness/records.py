@@ -61,6 +61,7 @@ class TaskData:
     max_length: int = 128
     train_steps: int | None = None  # the task's default fine-tuning budget; --train-steps overrides
     kind: TaskKind = "classification"
+    protocol: Mapping[str, str | float] = field(default_factory=dict)  # how it was built: in every row's extras
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -120,7 +121,9 @@ class PruneRequest:
     when every query head has its own. ``seed`` drives pruners that draw at random.
     ``model`` is the model the mask will be applied to, for reading only (module
     types and layouts, e.g. which axis of a weight is its input); ``None`` when a
-    pruner is dry-run on shapes alone before any model is loaded.
+    pruner is dry-run on shapes alone before any model is loaded. ``log(name,
+    value, step)`` records scalars (e.g. per-layer sparsities it chose): the last
+    value of each lands in the row's ``extras``.
     """
 
     scores: Any
@@ -129,6 +132,7 @@ class PruneRequest:
     seed: int = 0
     kv_heads: tuple[int, ...] = ()
     model: nn.Module | None = None
+    log: Callable[[str, float, int], None] = _no_log
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,9 @@ class Unit:
     @property
     def train_steps(self) -> int:
         steps = self.plan.config.budget.train_steps
-        return steps if steps is not None else (self.data.train_steps or DEFAULT_TRAIN_STEPS)
+        if steps is not None:
+            return steps
+        return self.data.train_steps if self.data.train_steps is not None else DEFAULT_TRAIN_STEPS
 
     @property
     def budget(self) -> Budget:
@@ -178,8 +180,10 @@ class Unit:
         gflops = measures.forward_flops(model, self.latency_input) / 1e9 if model is not self.model else self.dense_gflops
         achieved = self.sparsity_of(model, granularity)
         log("eval/achieved_sparsity", achieved, 0)
+        extras = {**self.data.protocol, **row.pop("extras", {})}
         return {
             **row,
+            "extras": json.dumps({k: _rounded(v) for k, v in sorted(extras.items())}) if extras else "",
             "achieved_sparsity": round(achieved, 6),
             "heads_kept": geometry.total_heads,
             "heads_total": self.heads_total,
@@ -311,16 +315,18 @@ class Unit:
         granularity = self.plan.granularity(pruner)
         base = scored.model if scored.model is not None else self.model
         kv_heads = _kv_heads(base)
-        request = PruneRequest(scores, cell.sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads, base)
+        extras = dict(scored.extras)
+        log = recording(self.scalars.logger(f"{pruner.name}-{self.row(cell)['run_id']}"), extras)
+        request = PruneRequest(scores, cell.sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads, base,
+                               log)
         keep = _checked_mask(pruner, pruner.compute_mask(request), scores)
         model = granularity.apply(copy.deepcopy(base), keep)
-        extras = dict(scored.extras)
         row = {**self.row(cell), "scoring_s": round(scored.seconds, 3)}
         if cell.recovery:
             model, recovered, row["flags"] = self._recover(model, granularity.held(model, keep))
             extras.update(recovered)
             row["trainable_params"] = int(recovered["recovery/trainable_params"])
-        row["extras"] = json.dumps({k: round(v, 6) for k, v in sorted(extras.items())}) if extras else ""
+        row["extras"] = extras
         return self.measure(model, row, granularity)
 
     def _recover(self, model: Any, held: Any) -> tuple[Any, dict[str, float], tuple[str, ...]]:
@@ -345,7 +351,7 @@ def _data_fingerprint(data: Any) -> str:
     import json
 
     splits = [(s.text_a, s.text_b, s.labels) for s in (data.train, data.validation)]
-    blob = json.dumps([splits, data.label_names, data.metric, data.max_length])
+    blob = json.dumps([splits, data.label_names, data.metric, data.max_length, dict(data.protocol)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -354,6 +360,11 @@ def make_unit(plan: Plan, spec: UnitSpec, write: Callable[[Row], None], scalars:
     task, data = plan.tasks[spec.task]
     identity = {"model": fingerprint_folder(source.location), "data": _data_fingerprint(data)}
     return Unit(plan, source, task, data, plan.adapters[spec.adapter], spec.seed, write, scalars, cache, identity)
+
+
+def _rounded(value: Any) -> Any:
+    """Extras as the row stores them: numbers to 6 decimals, anything else (a task's protocol) as it is."""
+    return round(value, 6) if isinstance(value, float) else value
 
 
 def _kv_heads(model: Any) -> tuple[int, ...]:

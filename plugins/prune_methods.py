@@ -1,11 +1,12 @@
-"""Pruners built on ``torch.nn.utils.prune``: weights (unstructured, Ln-structured, random) and FFN neurons.
+"""Pruners built on ``torch.nn.utils.prune``: weights (unstructured, N:M, Ln-structured, random) and FFN neurons.
 
 Each pruner calls a pruning method's ``compute_mask`` on the scorer's importance
 instead of on the weights, so any scorer (magnitude, gradient, Taylor, random)
 drives any method. torch's own methods rank by |t|; :func:`importance_method`
 is the custom ``BasePruningMethod`` that ranks by the importance as given.
 The harness applies the masks (``prune.custom_from_mask`` + ``prune.remove``)
-or, for neurons, slices the FFN.
+or, for neurons, slices the FFN. ``unstructured`` also makes N:M semi-structured
+masks and, with ``owl``, budgets each layer by its outliers (:mod:`harness_plugins.owl`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,29 @@ from harness import Options, Pruner, PruneRequest, hookimpl, option
 if TYPE_CHECKING:
     import torch
 
+PATTERN_TOLERANCE = 0.005  # a grid sparsity this close to 1 - N/M is the pattern's (0.67 for 1:3)
+
 
 @dataclass(frozen=True)
 class UnstructuredOptions(Options):
-    """Options of ``unstructured``."""
+    """Options of ``unstructured``: what weights compete (module, row, N:M block) and OWL's per-layer budgets."""
 
     group: Literal["module", "row"] = option("module", help="rank weights within each module, or within each "
                                              "output row (Wanda)")
+    pattern: str = option("", help="N:M semi-structured (e.g. 2:4): keep the N best of every M consecutive inputs "
+                          "of each output; the sparsity must be 1-N/M; group has no effect")
+    owl: bool = option(False, help="OWL: a sparsity per layer, lower where more scores are outliers; their "
+                       "mean weighted by weights per layer is the sparsity (ratios in the row's extras)")
+    owl_m: float = option(5.0, low=1.0, help="OWL: a score is an outlier above owl_m times its layer's mean")
+    owl_lambda: float = option(0.08, low=0.0, high=0.5, help="OWL: layer sparsities span 2*owl_lambda before "
+                               "clipping (0: uniform)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pattern:
+            nm_pattern(self.pattern)
+        if self.pattern and self.owl:
+            raise ValueError("owl picks a sparsity per layer while pattern N:M fixes it at 1-N/M: use one of them")
 
 
 @dataclass(frozen=True)
@@ -105,22 +122,82 @@ def _row_mask(scores: torch.Tensor, axis: int, sparsity: float) -> torch.Tensor:
     return keep.movedim(-1, axis)
 
 
+def nm_pattern(pattern: str) -> tuple[int, int]:
+    """``"N:M"`` as ``(N, M)`` with ``1 <= N < M``; ``ValueError`` for anything else."""
+    n, colon, m = pattern.partition(":")
+    if not (colon and n.isdigit() and m.isdigit() and 1 <= int(n) < int(m)):
+        raise ValueError(f"pattern must be N:M with 1 <= N < M (e.g. 2:4), not {pattern!r}")
+    return int(n), int(m)
+
+
+def _pattern_mask(name: str, scores: torch.Tensor, axis: int, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` highest of every ``m`` consecutive inputs of each output (ties: the lower position goes)."""
+    import torch
+
+    rows = scores.movedim(axis, -1)  # [out, in] for Linear and Conv1D alike
+    out, width = rows.shape
+    if width % m:
+        raise ValueError(f"pattern {n}:{m} needs an input width divisible by {m}: {name} has {width} inputs")
+    blocks = rows.float().cpu().reshape(out, width // m, m)
+    keep = torch.ones(blocks.shape, dtype=torch.bool)
+    keep.scatter_(-1, torch.sort(blocks, dim=-1, stable=True).indices[..., : m - n], False)
+    return keep.reshape(out, width).movedim(-1, axis)
+
+
+def _pattern_masks(request: PruneRequest, pattern: str) -> dict[str, torch.Tensor]:
+    """N:M masks along each module's input axis; the grid's sparsity must be the pattern's 1 - N/M."""
+    import math
+
+    from harness.calibration import input_axis
+
+    n, m = nm_pattern(pattern)
+    if not math.isclose(request.sparsity, 1 - n / m, abs_tol=PATTERN_TOLERANCE):
+        raise ValueError(f"pattern {pattern} prunes exactly {1 - n / m:g} of the weights, not {request.sparsity:g}: "
+                         f"run it at sparsity {1 - n / m:g}")
+    modules = _modules(request, f"pattern {pattern}")
+    return {name: _pattern_mask(name, s, input_axis(modules[name]), n, m) for name, s in request.scores.items()}
+
+
+def _modules(request: PruneRequest, why: str) -> dict:
+    if request.model is None:
+        raise ValueError(f"unstructured with {why} needs the model (PruneRequest.model) to find output rows")
+    return dict(request.model.named_modules())
+
+
+def _owl_amounts(request: PruneRequest, options: UnstructuredOptions) -> dict[str, float]:
+    """Each module's sparsity: its layer's OWL ratio, every ratio logged to the row's extras."""
+    from harness_plugins import owl
+
+    cap = 1 - 1 / min(min(s.shape) for s in request.scores.values())  # every output row keeps a weight
+    ratios = owl.layer_sparsities(request.scores, request.sparsity, options.owl_m, options.owl_lambda, cap)
+    for index, ratio in ratios.items():
+        request.log(f"owl/sparsity_layer{index}", ratio, 0)
+    return {name: ratios[owl.layer_of(name)] for name in request.scores}
+
+
 def unstructured(request: PruneRequest) -> dict[str, torch.Tensor]:
-    """Layer-wise: the lowest-importance ``sparsity`` of every module's weights, or of every output row.
+    """Layer-wise: the lowest-importance ``sparsity`` of every module's weights, of every output row, or N:M.
 
     ``group=row`` compares weights only with those feeding the same output (Wanda,
     Sun et al. 2023), which keeps every output alive; it reads the module types
     from ``request.model`` to find the output rows (``Conv1D`` stores ``[in, out]``).
+    ``pattern=N:M`` keeps the N best of every M consecutive inputs of an output
+    (what sparse tensor cores run). ``owl`` gives each layer its own sparsity.
     """
-    if UnstructuredOptions.of(request.options).group == "row":
+    options = UnstructuredOptions.of(request.options)
+    if options.pattern:
+        return _pattern_masks(request, options.pattern)
+    if options.owl:
+        amounts = _owl_amounts(request, options)
+    else:
+        amounts = dict.fromkeys(request.scores, request.sparsity)
+    if options.group == "row":
         from harness.calibration import input_axis
 
-        if request.model is None:
-            raise ValueError("unstructured with group=row needs the model (PruneRequest.model) to find output rows")
-        modules = dict(request.model.named_modules())
-        return {name: _row_mask(s, input_axis(modules[name]), request.sparsity) for name, s in request.scores.items()}
-    method = importance_method()(request.sparsity)
-    return {name: method.compute_mask(s, _ones(s)).bool() for name, s in request.scores.items()}
+        modules = _modules(request, "group=row")
+        return {name: _row_mask(s, input_axis(modules[name]), amounts[name]) for name, s in request.scores.items()}
+    methods = {amount: importance_method()(amount) for amount in set(amounts.values())}
+    return {name: methods[amounts[name]].compute_mask(s, _ones(s)).bool() for name, s in request.scores.items()}
 
 
 def lamp(scores: torch.Tensor) -> torch.Tensor:
@@ -241,7 +318,8 @@ def neurons(request: PruneRequest) -> torch.Tensor:
 @hookimpl
 def harness_pruners() -> list[Pruner]:
     return [
-        Pruner("unstructured", "weight", unstructured, "lowest-importance weights of each module (or output row)",
+        Pruner("unstructured", "weight", unstructured, "lowest-importance weights per module, output row "
+               "(group=row, for wanda) or N:M block (pattern=2:4); owl=true: OWL's per-layer sparsities",
                UnstructuredOptions()),
         Pruner("global-unstructured", "weight", global_unstructured, "lowest-importance weights across modules",
                GlobalUnstructuredOptions()),

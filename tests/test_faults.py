@@ -240,6 +240,28 @@ def test_code_identity_follows_the_modules_a_plugin_uses(tmp_path, monkeypatch) 
     assert builtin.startswith("prune-harness ")
 
 
+def test_code_identity_does_not_depend_on_which_siblings_this_process_imported(tmp_path, monkeypatch) -> None:
+    """``from pkg import helper`` brings in ``pkg``, whose attributes are every submodule imported so far:
+    the parent of a run imports every plugin, a worker only the ones it runs, and both must agree."""
+    from harness import Scorer, identity
+
+    package = tmp_path / "lazypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.py").write_text("FACTOR = 2.0\n")
+    (package / "other.py").write_text("UNRELATED = 1\n")
+    (package / "scorer.py").write_text("def score(request):\n    from lazypkg import helper\n\n"
+                                       "    return helper.FACTOR\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    record = Scorer("lazy", "head", importlib.import_module("lazypkg.scorer").score)
+    before = identity.of(record)  # helper not imported yet: its source still counts
+    assert identity.module_closure("lazypkg.scorer") == ["lazypkg", "lazypkg.helper", "lazypkg.scorer"]
+    importlib.import_module("lazypkg.helper")
+    importlib.import_module("lazypkg.other")
+    assert identity.module_closure("lazypkg.scorer") == ["lazypkg", "lazypkg.helper", "lazypkg.scorer"]
+    assert identity.of(record) == before
+
+
 # 3. Concurrent runs on one --out ---------------------------------------------------------------------------
 
 

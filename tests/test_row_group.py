@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from harness_plugins import prune_methods
-from test_calibration import WANDA, tiny_gpt2
+from test_calibration import tiny_gpt2
 
-from harness import PruneRequest, Scorer, conformance, hookimpl, surgery
+from harness import PruneRequest, conformance, surgery
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -102,15 +102,8 @@ def test_row_group_needs_the_model() -> None:
         unstructured(scores, 0.5, None, group="row")
 
 
-class WandaPlugin:
-    """The Wanda scorer of ``test_calibration`` registered in-process, as a third-party plugin object."""
-
-    @hookimpl
-    def harness_scorers(self) -> list[Scorer]:
-        return [WANDA]
-
-
 def test_bench_prunes_wanda_scores_per_row(tiny_model_dir, tmp_path) -> None:
+    """The built-in ``wanda`` scorer (the documented third-party one is checked against it in test_wanda)."""
     import pandas as pd
 
     from harness.cli import main
@@ -119,7 +112,7 @@ def test_bench_prunes_wanda_scores_per_row(tiny_model_dir, tmp_path) -> None:
             "--sparsities", "0.5", "--train-steps", "2", "--calib-examples", "8", "--latency-batch", "2",
             "--latency-tokens", "8", "--eval-limit", "16", "--no-progress", "--no-baselines",
             "--plugins", "wanda,unstructured", "-o", "unstructured.group=row"]
-    assert main(argv, extra=[WandaPlugin()]) == 0
+    assert main(argv) == 0
     frame = pd.read_csv(tmp_path / "leaderboard.csv", keep_default_na=False)
     pruned = frame[frame["scorer"] == "wanda"]
     assert list(pruned["status"]) == ["ok"] and pruned["achieved_sparsity"].iloc[0] == pytest.approx(0.5)

@@ -263,3 +263,34 @@ def test_harness_modules_import_each_other_without_cycles() -> None:
 
     cycles = sorted(m for m in graph if reaches(m, m, set()))
     assert cycles == []
+
+
+def test_pruner_scalars_and_the_task_protocol_reach_the_rows(tmp_path, tiny_model_dir) -> None:
+    import json
+
+    from harness import Task, TaskData
+    from harness.records import Split
+
+    def logging_rows(request: PruneRequest) -> dict[str, torch.Tensor]:
+        request.log("rows/first_module_sparsity", 0.5, 0)
+        return lowest_rows(request)
+
+    def load(request):
+        texts = tuple(f"example {i} {'good' if i % 2 else 'bad'}" for i in range(40))
+        split = Split(texts, tuple(i % 2 for i in range(40)))
+        return TaskData(split, split, ("bad", "good"), protocol={"source": "generated", "examples": 40})
+
+    class Plugin(RowPlugin):
+        @hookimpl
+        def harness_pruners(self):
+            return [Pruner("rows", "row", logging_rows)]
+
+        @hookimpl
+        def harness_tasks(self):
+            return [Task("tiny-task", load)]
+
+    result = harness.run(models=[str(tiny_model_dir("bert"))], tasks=["tiny-task"], plugins=["row-norm", "rows"],
+                         out=tmp_path / "out", plugins_objects=[Plugin()], **{**FAST, "train_steps": 0})
+    extras = {row["pruner"]: json.loads(row["extras"]) for _, row in result.rows.iterrows()}
+    assert extras["none"] == {"examples": 40, "source": "generated"}
+    assert extras["rows"] == {"examples": 40, "rows/first_module_sparsity": 0.5, "source": "generated"}
