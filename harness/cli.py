@@ -136,13 +136,7 @@ def _config(args: argparse.Namespace) -> object:
     """The grid file (if any) with the flags given applied on top."""
     from harness.api import configure
 
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
-    config = configure(args.config, **_settings(args))
-    data_dir = config.execution.data_dir
-    if data_dir is not None and not Path(data_dir).is_dir():
-        raise UsageError(f"data_dir {data_dir} (from --config) is not a folder")
-    return config
+    return configure(args.config, **_settings(args))
 
 
 def cmd_bench(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:

@@ -218,8 +218,6 @@ def _toml_value(value: Any) -> str:
 
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if value is None:
-        raise ValueError("TOML has no null: leave the setting out")
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, Path):

@@ -173,7 +173,18 @@ def _load_tasks(config: BenchConfig, registry: Registry, overrides: dict) -> lis
     return loaded
 
 
-def _check_budgets(config: BenchConfig, plan: Plan) -> None:
+def _model_configs(models: list[ModelSource]) -> dict[str, Any]:
+    """Each model's config, read once for every check (``None`` when it cannot be read: the cells will say why)."""
+    configs = {}
+    for source in models:
+        try:
+            configs[source.name] = load_config(source)
+        except Exception:
+            configs[source.name] = None
+    return configs
+
+
+def _check_budgets(config: BenchConfig, plan: Plan, configs: dict[str, Any]) -> None:
     """Dry-run every pruner on each model's score shapes (from its config alone) at every sparsity.
 
     ``compute_mask`` is cheap and touches no weights; a ``UsageError`` it raises
@@ -188,8 +199,8 @@ def _check_budgets(config: BenchConfig, plan: Plan) -> None:
     from harness.records import PruneRequest
 
     for source in plan.models:
+        model_config = configs[source.name]
         try:
-            model_config = load_config(source)
             kv_heads = surgery.config_geometry(model_config).kv_heads_per_layer
         except Exception:  # no config, or no head layout for this architecture: the cells will say so
             continue
@@ -218,7 +229,7 @@ def _config_shapes(granularity: Granularity | None, model_config: Any) -> Any:
         return None
 
 
-def _check_model_kinds(models: list[ModelSource], tasks: list[tuple[Task, TaskData]]) -> None:
+def _check_model_kinds(models: list[ModelSource], tasks: list[tuple[Task, TaskData]], configs: dict[str, Any]) -> None:
     """A causal-LM task needs decoders: say so before any work instead of scoring an encoder's LM head."""
     lm_tasks = [task.name for task, data in tasks if data.kind == "causal-lm"]
     if not lm_tasks:
@@ -226,11 +237,8 @@ def _check_model_kinds(models: list[ModelSource], tasks: list[tuple[Task, TaskDa
     from harness.models import is_causal_lm
 
     for source in models:
-        try:
-            config = load_config(source)
-        except Exception:  # the cells will report what is wrong with it
-            continue
-        if not is_causal_lm(config):
+        config = configs[source.name]
+        if config is not None and not is_causal_lm(config):
             raise UsageError(f"task {lm_tasks[0]} is language modelling (perplexity), but model {source.name} "
                              f"({config.model_type}) is not a causal LM; give a decoder such as GPT-2 or LLaMA")
 
@@ -267,6 +275,8 @@ def _check_numbers(config: BenchConfig) -> None:
     for flag, number in (("--lr", b.learning_rate), ("--cpus-per-task", e.cpus_per_task)):
         if not (math.isfinite(number) and number > 0):
             raise UsageError(f"{flag} must be a finite number > 0, not {number:g}")
+    if e.data_dir is not None and not Path(e.data_dir).is_dir():
+        raise UsageError(f"--data-dir {e.data_dir} is not a folder")
     if e.executor not in ("local", "ray"):
         raise UsageError(f"executor {e.executor!r} is not one of local, ray")
     if e.isolation not in ("process", "none"):
@@ -305,11 +315,12 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
     tasks = _load_tasks(config, registry, overrides)
     _check_batch_size(config.budget, tasks)
     models = resolve_all(grid.models)
-    _check_model_kinds(models, tasks)
+    configs = _model_configs(models)
+    _check_model_kinds(models, tasks, configs)
     sparsities = sorted({s for s in grid.sparsities if s > 0})
     recovery = registry.get("adapter", grid.recover) if grid.recover else None
     used = {record.granularity for method in methods for record in method if record is not None}
     granularities = {name: registry.get("granularity", name) for name in sorted(used)}
     plan = Plan(config, models, tasks, chosen["adapter"], methods, sparsities, overrides, recovery, granularities)
-    _check_budgets(config, plan)
+    _check_budgets(config, plan, configs)
     return plan

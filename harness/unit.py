@@ -82,6 +82,7 @@ class Unit:
     adapted: dict = field(default_factory=dict)  # the unit adapter's row columns: trainable params, config, ranks
     flags: tuple[str, ...] = ()  # what makes every row of the unit suspect (its training did not learn)
     scopes: dict = field(default_factory=dict)  # granularity -> (module names, dense weight count)
+    target_names: tuple[str, ...] | None = None  # the --targets modules, found once
 
     @property
     def train_steps(self) -> int:
@@ -99,9 +100,9 @@ class Unit:
         """The ``--targets`` modules, for a granularity that prunes within them (else none)."""
         if granularity is None or not granularity.uses_targets:
             return ()
-        if "targets" not in self.scopes:
-            self.scopes["targets"] = surgery.target_modules(self.model, self.plan.config.grid.targets)
-        return self.scopes["targets"]
+        if self.target_names is None:
+            self.target_names = surgery.target_modules(self.model, self.plan.config.grid.targets)
+        return self.target_names
 
     def row(self, cell: Cell) -> Row:
         """The identifying columns of a cell, with its run id: a hash of them, the budget, measurement and code."""
@@ -316,12 +317,12 @@ class Unit:
         base = scored.model if scored.model is not None else self.model
         kv_heads = _kv_heads(base)
         extras = dict(scored.extras)
-        log = recording(self.scalars.logger(f"{pruner.name}-{self.row(cell)['run_id']}"), extras)
+        row = {**self.row(cell), "scoring_s": round(scored.seconds, 3)}
+        log = recording(self.scalars.logger(f"{pruner.name}-{row['run_id']}"), extras)
         request = PruneRequest(scores, cell.sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads, base,
                                log)
         keep = _checked_mask(pruner, pruner.compute_mask(request), scores)
         model = granularity.apply(copy.deepcopy(base), keep)
-        row = {**self.row(cell), "scoring_s": round(scored.seconds, 3)}
         if cell.recovery:
             model, recovered, row["flags"] = self._recover(model, granularity.held(model, keep))
             extras.update(recovered)

@@ -210,6 +210,8 @@ def test_run_takes_keyword_settings_and_checks_them() -> None:
         harness.run(sparsity=[0.5])
     with pytest.raises(UsageError, match="seeds takes a list of int values"):
         harness.run(seeds=["zero"])
+    with pytest.raises(UsageError, match="--data-dir /no/such/folder is not a folder"):
+        harness.run(data_dir="/no/such/folder")  # the Python API checks what the command line checks
 
 
 def test_the_readme_python_example_runs(tmp_path, tiny_model_dir, monkeypatch) -> None:
