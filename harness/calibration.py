@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -217,3 +217,130 @@ def head_contexts(model: nn.Module, batches: Iterable[Batch]) -> list[HeadContex
         HeadContexts(stats[name].sum_squares.view(heads, geometry.head_dim), stats[name].tokens)
         for name, heads in zip(names, geometry.heads_per_layer)
     ]
+
+
+Update = Callable[[dict[str, InputStats]], None]
+
+
+def block_of(name: str) -> str:
+    """The numbered block holding a module: its dotted name up to its first all-digit part (``model.layers.3``)."""
+    parts = name.split(".")
+    for index, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[: index + 1])
+    raise ValueError(f"module {name!r} is in no numbered block (its name has no all-digit part)")
+
+
+def blocks(names: Sequence[str]) -> dict[str, list[str]]:
+    """The named modules grouped by block, blocks in model order (the index inside their list)."""
+    found: dict[str, list[str]] = {}
+    for name in names:
+        found.setdefault(block_of(name), []).append(name)
+    return dict(sorted(found.items(), key=lambda item: (item[0].rpartition(".")[0], int(item[0].rpartition(".")[2]))))
+
+
+def sequential_statistics(model: nn.Module, batches: Sequence[Batch], names: Sequence[str], update: Update,
+                          gram: bool = True) -> None:
+    """Block by block, bottom up: statistics of one block's named inputs, ``update(stats)``, then the next block.
+
+    What SparseGPT calls sequential calibration: the inputs of block l are the
+    outputs of blocks 0..l-1 *as ``update`` left them* (pruned, reconstructed),
+    so each block is fitted to what it will really receive. The inputs of the
+    first block are captured once from the model's own forward pass (embeddings,
+    masks, rotary angles); every later block is run on its own with the same
+    keyword arguments. All numbered blocks of the list run, with or without
+    named modules. ``update`` runs outside inference mode: it may change weights.
+    """
+    import torch
+
+    groups = blocks(names)
+    modules = dict(model.named_modules())
+    prefix = next(iter(groups)).rpartition(".")[0]
+    if any(block.rpartition(".")[0] != prefix for block in groups):
+        raise ValueError("sequential calibration needs every named module in one list of blocks")
+    captured = _first_block_inputs(model, batches, modules[f"{prefix}.0"])
+    for index, block in enumerate(modules[prefix].children()):
+        members = groups.get(f"{prefix}.{index}", [])
+        if members:
+            update(_block_statistics(block, members, modules, captured, gram))
+        with _calibrating(model), torch.no_grad():
+            captured = [(_hidden(block(hidden, *rest, **kwargs)), rest, kwargs, mask)
+                        for hidden, rest, kwargs, mask in captured]
+
+
+class _Captured(Exception):
+    """Raised by the first block's hook: everything the model computes after that point is not needed."""
+
+
+Captured = list[tuple[Any, tuple, dict, Any]]  # hidden states, other positional and keyword arguments, padding mask
+
+
+def _first_block_inputs(model: nn.Module, batches: Sequence[Batch], first: nn.Module) -> Captured:
+    """Per batch: the first block's hidden states, its other arguments and the padding mask."""
+    from harness.modeling import model_inputs
+
+    device, captured = model_device(model), []
+
+    def catch(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden, rest = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+        captured.append((hidden, rest, dict(kwargs), current["mask"]))
+        raise _Captured
+
+    current: dict = {"mask": None}
+    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+    use_cache = getattr(model.config, "use_cache", None)
+    try:
+        if use_cache is not None:
+            model.config.use_cache = False  # a cache object would grow each time a block is re-run
+        with _calibrating(model):
+            for batch in batches:
+                inputs = {key: value.to(device) for key, value in model_inputs(batch).items()}
+                current["mask"] = inputs.get("attention_mask")
+                try:
+                    model(**inputs)
+                except _Captured:
+                    pass
+    finally:
+        handle.remove()
+        if use_cache is not None:
+            model.config.use_cache = use_cache
+    if not captured:
+        raise ValueError("calibration needs at least one batch")
+    return captured
+
+
+def _block_statistics(block: nn.Module, members: list[str], modules: dict, captured: Captured,
+                      gram: bool) -> dict[str, InputStats]:
+    """Input statistics of ``members`` from running ``block`` alone on each captured input."""
+    import torch
+
+    current: dict = {"mask": None}
+    sums: dict[str, torch.Tensor] = {}
+    grams: dict[str, torch.Tensor] = {}
+    tokens = dict.fromkeys(members, 0)
+
+    def hook_for(name: str) -> Callable:
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = _real_tokens(args[0] if args else next(iter(kwargs.values())), current["mask"], name).float()
+            sums[name] = sums[name] + x.square().sum(0) if name in sums else x.square().sum(0)
+            tokens[name] += x.shape[0]
+            if gram:
+                grams[name] = grams[name] + x.T @ x if name in grams else x.T @ x
+
+        return pre_hook
+
+    handles = [modules[name].register_forward_pre_hook(hook_for(name), with_kwargs=True) for name in members]
+    try:
+        with _calibrating(block), torch.no_grad():
+            for hidden, rest, kwargs, mask in captured:
+                current["mask"] = mask
+                block(hidden, *rest, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: InputStats(_cpu(sums[name]), tokens[name], _cpu(grams[name]) if gram else None) for name in members}
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    """A block's hidden states: the tensor itself, or the first item of the tuple older blocks return."""
+    return output[0] if isinstance(output, (tuple, list)) else output

@@ -174,17 +174,23 @@ def check_pruner(pruner: Pruner, granularities: tuple[Granularity, ...] = ()) ->
     """Boolean keep-masks of the scores' shapes removing the requested fraction (within a row per tensor).
 
     Pruners that use scores keep the most important unit of each tensor; all are
-    deterministic for a seed. They get the model the mask is for (``PruneRequest.model``).
+    deterministic for a seed. They get the model the mask is for (``PruneRequest.model``)
+    and calibration batches; only one with ``updates_model`` may change its weights.
     """
     import torch
 
-    granularity, model = granularity_of(pruner.granularity, granularities), tiny_bert()
+    granularity, model, batches = granularity_of(pruner.granularity, granularities), tiny_bert(), tiny_batches()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     generator = torch.Generator().manual_seed(0)
     scores = _pruner_scores(granularity, model, lambda shape: torch.rand(shape, generator=generator))
     options = options_for(pruner, {})
+
+    def masks_for(sparsity: float) -> dict[str, torch.Tensor]:
+        own = tiny_bert() if pruner.updates_model else model  # an updating pruner edits its own copy
+        return _as_dict(pruner.compute_mask(PruneRequest(scores, sparsity, options, 3, model=own, batches=batches)))
+
     for sparsity in (0.0, 0.25, 0.5):
-        request = PruneRequest(scores, sparsity, options, seed=3, model=model)
-        masks, again = _as_dict(pruner.compute_mask(request)), _as_dict(pruner.compute_mask(request))
+        masks, again = masks_for(sparsity), masks_for(sparsity)
         flat = _as_dict(scores)
         assert set(masks) == set(flat), "one mask per scored tensor"
         for name, mask in masks.items():
@@ -193,9 +199,11 @@ def check_pruner(pruner: Pruner, granularities: tuple[Granularity, ...] = ()) ->
         removed, total = sum(int((~m).sum()) for m in masks.values()), sum(v.numel() for v in flat.values())
         tolerance = sum(max(v.shape) for v in flat.values())  # rounding per row, layer or module
         assert abs(removed - sparsity * total) <= tolerance, f"removed {removed} of {total} at {sparsity}"
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a pruner without updates_model must not change weights"
     if pruner.uses_scores:
         ranked = _pruner_scores(granularity, model, lambda shape: torch.arange(float(math.prod(shape))).reshape(shape))
-        masks = _as_dict(pruner.compute_mask(PruneRequest(ranked, 0.25, options, model=model)))
+        masks = _as_dict(pruner.compute_mask(PruneRequest(ranked, 0.25, options, model=model, batches=batches)))
         assert all(bool(m.reshape(-1)[-1]) for m in masks.values()), "the most important unit is kept"
 
 

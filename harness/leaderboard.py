@@ -38,6 +38,8 @@ COLUMNS = (
     "latency_ms",
     "speedup",
     "scoring_s",
+    "prune_s",
+    "updates_weights",
     "train_s",
     "recovery",
     "trainable_params",

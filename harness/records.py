@@ -123,7 +123,10 @@ class PruneRequest:
     types and layouts, e.g. which axis of a weight is its input); ``None`` when a
     pruner is dry-run on shapes alone before any model is loaded. ``log(name,
     value, step)`` records scalars (e.g. per-layer sparsities it chose): the last
-    value of each lands in the row's ``extras``.
+    value of each lands in the row's ``extras``. ``batches`` are the unit's
+    calibration batches (as ``ScoreRequest.batches``), for pruners that read
+    activations; for a pruner with ``Pruner.updates_model`` the ``model`` is its
+    own copy, to change in place.
     """
 
     scores: Any
@@ -133,6 +136,7 @@ class PruneRequest:
     kv_heads: tuple[int, ...] = ()
     model: nn.Module | None = None
     log: Callable[[str, float, int], None] = _no_log
+    batches: Sequence[Batch] = ()
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,10 @@ class Pruner:
     weights: ``torch.nn.utils.prune`` masks made permanent), so a pruner never
     touches weights, like ``BasePruningMethod.compute_mask``. A pruner with
     ``uses_scores=False`` (random pruning) is run once, not once per scorer.
+    The exception declares itself: ``updates_model=True`` (SparseGPT, which
+    reconstructs the weights it keeps) gets its own copy of the model in
+    ``PruneRequest.model``, may change its weights, and the mask is applied to
+    that copy; its rows say ``updates_weights``.
     """
 
     name: str
@@ -204,6 +212,7 @@ class Pruner:
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of string options
     ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)  # inclusive; None: open
     uses_scores: bool = True
+    updates_model: bool = False
 
 
 @dataclass(frozen=True)

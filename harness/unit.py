@@ -244,7 +244,7 @@ class Unit:
         return meta, dict(result.updates)
 
     def dense(self) -> Row:
-        return self.measure(self.model, {**self.row(DENSE), "scoring_s": 0.0})
+        return self.measure(self.model, {**self.row(DENSE), "scoring_s": 0.0, "prune_s": 0.0, "updates_weights": False})
 
     def train_batches(self, steps: int, seed_offset: int = 0) -> Any:
         return self.feed.stream(steps, self.budget.batch_size, self.seed + seed_offset)
@@ -316,17 +316,23 @@ class Unit:
         granularity = self.plan.granularity(pruner)
         base = scored.model if scored.model is not None else self.model
         kv_heads = _kv_heads(base)
-        extras = dict(scored.extras)
+        extras = {**scored.extras, "calib_examples": sum(len(batch["input_ids"]) for batch in self.calibration)}
         row = {**self.row(cell), "scoring_s": round(scored.seconds, 3)}
         log = recording(self.scalars.logger(f"{pruner.name}-{row['run_id']}"), extras)
-        request = PruneRequest(scores, cell.sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads, base,
-                               log)
+        model = copy.deepcopy(base) if pruner.updates_model else base  # its own copy to reconstruct in
+        request = PruneRequest(scores, cell.sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads,
+                               model, log, self.calibration)
+        start = time.perf_counter()
         keep = _checked_mask(pruner, pruner.compute_mask(request), scores)
-        model = granularity.apply(copy.deepcopy(base), keep)
+        model = granularity.apply(model if pruner.updates_model else copy.deepcopy(base), keep)
+        row["prune_s"] = round(time.perf_counter() - start, 3)
+        row["updates_weights"] = bool(pruner.updates_model or (cell.scorer is not None and cell.scorer.updates_model))
         if cell.recovery:
             model, recovered, row["flags"] = self._recover(model, granularity.held(model, keep))
             extras.update(recovered)
             row["trainable_params"] = int(recovered["recovery/trainable_params"])
+        if modeling.count_params(model) == modeling.count_params(self.model):  # zeros kept in place (weights, N:M)
+            extras["latency_kernel"] = "dense: zeros are multiplied, so the speed is the dense kernel's"
         row["extras"] = extras
         return self.measure(model, row, granularity)
 

@@ -295,4 +295,7 @@ def test_pruner_scalars_and_the_task_protocol_reach_the_rows(tmp_path, tiny_mode
                          out=tmp_path / "out", plugins_objects=[Plugin()], **{**FAST, "train_steps": 0})
     extras = {row["pruner"]: json.loads(row["extras"]) for _, row in result.rows.iterrows()}
     assert extras["none"] == {"examples": 40, "source": "generated"}
-    assert extras["rows"] == {"examples": 40, "rows/first_module_sparsity": 0.5, "source": "generated"}
+    calibration = FAST.get("calib_examples", 512)
+    assert extras["rows"] == {"examples": 40, "rows/first_module_sparsity": 0.5, "source": "generated",
+                              "calib_examples": min(calibration, 40),
+                              "latency_kernel": "dense: zeros are multiplied, so the speed is the dense kernel's"}
