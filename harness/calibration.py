@@ -46,8 +46,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @contextmanager
-def _calibrating(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and inference mode; every module's own train/eval flag is restored."""
+def calibrating(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and inference mode for a calibration pass; every module's own train/eval flag is restored."""
     import torch
 
     modes = [(module, module.training) for module in model.modules()]
@@ -99,7 +99,7 @@ def visit_inputs(model: nn.Module, batches: Iterable[Batch], names: Sequence[str
     try:
         for name in dict.fromkeys(names):
             handles.append(modules[name].register_forward_pre_hook(hook_for(name), with_kwargs=True))
-        with _calibrating(model):
+        with calibrating(model):
             for batch in batches:
                 inputs = {key: value.to(device) for key, value in model_inputs(batch).items()}
                 current["mask"] = inputs.get("attention_mask")
@@ -263,7 +263,7 @@ def sequential_statistics(model: nn.Module, batches: Sequence[Batch], names: Seq
         members = groups.get(f"{prefix}.{index}", [])
         if members:
             update(_block_statistics(block, members, modules, captured, gram))
-        with _calibrating(model), torch.no_grad():
+        with calibrating(model), torch.no_grad():
             captured = [(_hidden(block(hidden, *rest, **kwargs)), rest, kwargs, mask)
                         for hidden, rest, kwargs, mask in captured]
 
@@ -292,7 +292,7 @@ def _first_block_inputs(model: nn.Module, batches: Sequence[Batch], first: nn.Mo
     try:
         if use_cache is not None:
             model.config.use_cache = False  # a cache object would grow each time a block is re-run
-        with _calibrating(model):
+        with calibrating(model):
             for batch in batches:
                 inputs = {key: value.to(device) for key, value in model_inputs(batch).items()}
                 current["mask"] = inputs.get("attention_mask")
@@ -331,7 +331,7 @@ def _block_statistics(block: nn.Module, members: list[str], modules: dict, captu
 
     handles = [modules[name].register_forward_pre_hook(hook_for(name), with_kwargs=True) for name in members]
     try:
-        with _calibrating(block), torch.no_grad():
+        with calibrating(block), torch.no_grad():
             for hidden, rest, kwargs, mask in captured:
                 current["mask"] = mask
                 block(hidden, *rest, **kwargs)

@@ -115,7 +115,7 @@ class ScoreRequest:
 class PruneRequest:
     """Scores from a scorer and the fraction of units to remove.
 
-    ``scores`` is a tensor for heads and neurons and a mapping from module name
+    ``scores`` is a tensor for heads, neurons and layers and a mapping from module name
     to a weight-shaped tensor for weights. ``kv_heads`` gives, per layer, the
     number of key/value heads when attention is grouped (GQA/MQA); it is empty
     when every query head has its own. ``seed`` drives pruners that draw at random.
@@ -170,6 +170,7 @@ class Scorer:
 
     For ``granularity="head"`` a tensor ``[num_layers, num_heads]``; for
     ``"neuron"`` (FFN intermediate units) a tensor ``[num_layers, ffn_width]``;
+    for ``"layer"`` (whole blocks) a tensor ``[num_layers]``;
     for ``"weight"`` a mapping from each of ``ScoreRequest.targets`` to a tensor
     shaped like that module's weight.
     A scorer whose scores depend on the budget (learned gates) sets

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from harness import adaptation, batching, measures, modeling, surgery
 from harness.cache import Cache, default_root, digest, fingerprint_folder, untied
 from harness.cells import DENSE, Cell, UnitSpec
+from harness.checks import checked_mask, checked_scores
 from harness.config import Budget
 from harness.models import ModelSource, load_for_task
 from harness.planning import Plan
@@ -306,7 +307,7 @@ class Unit:
         start = time.perf_counter()
         values = scorer.score(request)
         elapsed = time.perf_counter() - start
-        values = _checked_scores(scorer, values, expected)
+        values = checked_scores(scorer, values, expected)
         return Scored(values, elapsed, extras, model if scorer.updates_model else None)
 
     def pruned(self, cell: Cell, scored: Scored) -> Row:
@@ -323,7 +324,7 @@ class Unit:
         request = PruneRequest(scores, cell.sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads,
                                model, log, self.calibration)
         start = time.perf_counter()
-        keep = _checked_mask(pruner, pruner.compute_mask(request), scores)
+        keep = checked_mask(pruner, pruner.compute_mask(request), scores)
         model = granularity.apply(model if pruner.updates_model else copy.deepcopy(base), keep)
         row["prune_s"] = round(time.perf_counter() - start, 3)
         row["updates_weights"] = bool(pruner.updates_model or (cell.scorer is not None and cell.scorer.updates_model))
@@ -388,41 +389,3 @@ def _zeros(expected: Any) -> Any:
     if isinstance(expected, dict):
         return {name: torch.zeros(shape) for name, shape in expected.items()}
     return torch.zeros(expected)
-
-
-def _checked_scores(scorer: Scorer, values: Any, expected: Any) -> Any:
-    """Scores as float CPU tensors, after checking shapes against the model and that they can be ranked.
-
-    NaN ranks nowhere; per-module scores must also be finite (global and LAMP
-    rankings compare them across modules). A single score tensor may use ±inf
-    to pin a unit.
-    """
-    if isinstance(expected, dict):
-        if not isinstance(values, dict) or set(values) != set(expected):
-            raise ValueError(f"scorer {scorer.name!r} must return a tensor for each of the {len(expected)} target modules")
-        for name, shape in expected.items():
-            if tuple(values[name].shape) != tuple(shape):
-                raise ValueError(f"scorer {scorer.name!r}: {name} scores have shape {tuple(values[name].shape)}")
-            if not bool(values[name].isfinite().all()):
-                raise ValueError(f"scorer {scorer.name!r}: {name} scores are not all finite")
-        return {name: values[name].detach().float().cpu() for name in expected}
-    if tuple(getattr(values, "shape", ())) != tuple(expected):
-        shape = tuple(getattr(values, "shape", ()))
-        raise ValueError(f"scorer {scorer.name!r} returned shape {shape}, expected {tuple(expected)}")
-    if bool(values.isnan().any()):
-        raise ValueError(f"scorer {scorer.name!r} returned NaN scores")
-    return values.detach().float().cpu()
-
-
-def _checked_mask(pruner: Pruner, keep: Any, scores: Any) -> Any:
-    """A pruner's keep-mask in the scores' form: one mask per scored module, or one tensor; same shapes."""
-    if isinstance(scores, dict):
-        if not isinstance(keep, dict) or set(keep) != set(scores):
-            raise ValueError(f"pruner {pruner.name!r} must return a mask for each scored module")
-        for name, mask in keep.items():
-            if tuple(mask.shape) != tuple(scores[name].shape):
-                raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(mask.shape)} for {name}")
-        return {name: mask.bool() for name, mask in keep.items()}
-    if tuple(getattr(keep, "shape", ())) != tuple(scores.shape):
-        raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(getattr(keep, 'shape', ()))}")
-    return keep.bool()

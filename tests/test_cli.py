@@ -171,7 +171,7 @@ def test_scores_are_computed_once_or_once_per_sparsity(tiny_model_dir, tmp_path:
     assert main(argv, extra=[counting]) == 0
     assert sorted(counting.calls) == [("once", None), ("per-budget", 0.25), ("per-budget", 0.5), ("per-budget", 0.75)]
     frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv", keep_default_na=False)
-    assert set(frame[frame["scorer"] != "none"]["extras"]) == {'{"probe/value": 3.5}'}
+    assert set(frame[frame["scorer"] != "none"]["extras"]) == {'{"calib_examples": 16, "probe/value": 3.5}'}
 
 
 def test_tensorboard_scalars_per_run(tiny_model_dir, tmp_path: Path) -> None:

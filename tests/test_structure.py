@@ -109,11 +109,11 @@ def test_an_unknown_granularity_is_a_one_line_error(capsys, tiny_model_dir) -> N
     class Orphan:
         @hookimpl
         def harness_scorers(self):
-            return [Scorer("orphan", "layer", row_norms)]
+            return [Scorer("orphan", "channel", row_norms)]
 
     line = error_of(capsys, ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "orphan,heads",
                              "--isolation", "none"], extra=(Orphan(),))
-    assert "granularity 'layer' is not installed (known: head, neuron, weight)" in line
+    assert "granularity 'channel' is not installed (known: head, layer, neuron, weight)" in line
 
 
 # --- keys hashed mechanically from the config groups ----------------------------------------------------------

@@ -28,7 +28,7 @@ def inputs_by_hand(model: torch.nn.Module, name: str, batches: list[dict]) -> to
 
 
 def test_registered_with_weight_granularity() -> None:
-    (record,) = wanda.harness_scorers()
+    record = wanda.harness_scorers()[0]
     assert (record.name, record.granularity, record.baseline) == ("wanda", "weight", False)
     assert "group=row" in record.description
     conformance.check_plugin(record)
@@ -81,3 +81,35 @@ def test_weights_unchanged_and_deterministic() -> None:
     again = wanda.score(ScoreRequest(model, batches, 1, targets=surgery.target_modules(model, "ffn")))
     assert all(torch.equal(first[n], again[n]) for n in first)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def sequential_record():
+    return next(r for r in wanda.harness_scorers() if r.name == "wanda-sequential")
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_sequential_scores_each_block_after_pruning_the_blocks_below(arch: str) -> None:
+    from harness_plugins.prune_methods import unstructured
+
+    from harness import PruneRequest, calibration
+
+    model, batches = MODELS[arch](), padded_batches()
+    targets = surgery.target_modules(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sequential = wanda.score_sequential(ScoreRequest(model, batches, 0, sparsity=0.5, targets=targets))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the given model is untouched"
+    plain = wanda.score(ScoreRequest(model, batches, 0, targets=targets))
+    first, second = calibration.blocks(targets).values()
+    assert all(torch.allclose(sequential[n], plain[n], rtol=1e-5, atol=1e-6) for n in first)  # block 0: dense inputs
+    by_hand = MODELS[arch]()  # block 0 pruned row-wise by its own scores, then block 1 scored
+    surgery.apply_weight_masks(by_hand, unstructured(PruneRequest({n: plain[n] for n in first}, 0.5, {"group": "row"},
+                                                                  model=by_hand)))
+    rescored = wanda.score(ScoreRequest(by_hand, batches, 0, targets=tuple(second)))
+    assert all(torch.allclose(sequential[n], rescored[n], rtol=1e-4, atol=1e-6) for n in second)
+    assert not all(torch.allclose(sequential[n], plain[n], rtol=1e-3) for n in second)
+
+
+def test_sequential_is_scored_per_sparsity_and_conformant() -> None:
+    record = sequential_record()
+    assert (record.granularity, record.per_sparsity, record.updates_model) == ("weight", True, False)
+    conformance.check_plugin(record)

@@ -372,7 +372,7 @@ def test_bench_weight_and_neuron_rows_report_measured_sparsity(tiny_model_dir, t
 def test_weight_scores_that_cannot_be_ranked_are_rejected(bad: float):
     from types import SimpleNamespace
 
-    from harness.unit import _checked_scores
+    from harness.checks import checked_scores as _checked_scores
 
     scorer = SimpleNamespace(name="broken")
     scores = {"a": torch.ones(2, 3)}

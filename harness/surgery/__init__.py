@@ -1,4 +1,4 @@
-"""Weight surgery: the one package that gates, masks and physically removes heads, neurons and weights.
+"""Weight surgery: the one package that gates, masks and physically removes heads, neurons, layers and weights.
 
 transformers 5 removed ``head_mask`` and ``prune_heads``, so the harness does both
 itself on one code path for every architecture it knows (data-driven layout
@@ -20,6 +20,17 @@ from harness.surgery.heads import (
     layout_of,
     mask_heads,
     remove_heads,
+)
+from harness.surgery.layers import (
+    KEPT_LAYERS_KEY,
+    BlockHooks,
+    BlockVisitor,
+    LayerGates,
+    layer_list,
+    layer_names,
+    mask_layers,
+    num_layers,
+    remove_layers,
 )
 from harness.surgery.neurons import (
     FFN_LAYOUTS,
@@ -45,6 +56,15 @@ from harness.surgery.weights import (
 )
 
 __all__ = [
+    "KEPT_LAYERS_KEY",
+    "BlockHooks",
+    "BlockVisitor",
+    "LayerGates",
+    "layer_list",
+    "layer_names",
+    "mask_layers",
+    "num_layers",
+    "remove_layers",
     "KEPT_KV_HEADS_KEY",
     "config_geometry",
     "FFN_LAYOUTS",

@@ -120,10 +120,16 @@ def hold_weight_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> It
 
 
 def count_nonzero(model: nn.Module, names: tuple[str, ...]) -> tuple[int, int]:
-    """Nonzero entries and total entries of the named modules' weights (what sparsity is measured on)."""
+    """Nonzero entries and total entries of the named modules' weights (what sparsity is measured on).
+
+    A name the model no longer has (its block was removed, and the blocks after it
+    renumbered) counts as removed: no nonzero entries, and nothing in the total.
+    """
     modules = dict(model.named_modules())
     nonzero = total = 0
     for name in names:
+        if name not in modules:
+            continue
         weight = modules[name].weight
         nonzero += int(weight.count_nonzero())
         total += weight.numel()
