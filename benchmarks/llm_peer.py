@@ -36,6 +36,10 @@ METHODS = ("sparsegpt", "wanda", "wanda-sequential")  # the peer's Wanda is sequ
 
 
 def peak_mb() -> float:
+    """This process's peak resident memory (VmHWM: ru_maxrss would carry the forking parent's peak over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -82,8 +86,9 @@ def harness_side(work: Path, method: str, sparsity: float) -> dict[str, float]:
 
     model, ids = load_folder(work / "model"), torch.load(work / "calib.pt")
     batches = [block_batch(ids[i:i + 8]) for i in range(0, len(ids), 8)]
-    targets = tuple(target_weights(model))
-    zeros = {name: torch.zeros_like(weight) for name, weight in target_weights(model).items()}
+    modules = dict(model.named_modules())
+    targets = tuple(name for name in modules if isinstance(modules[name], torch.nn.Linear) and ".layers." in name)
+    zeros = {name: torch.zeros(()).expand(modules[name].weight.shape) for name in targets}  # shapes only, no memory
     start = time.perf_counter()
     if method == "sparsegpt":
         keep = sparsegpt.compute_mask(PruneRequest(zeros, sparsity, {}, model=model, batches=batches))

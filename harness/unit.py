@@ -384,8 +384,10 @@ def _kv_heads(model: Any) -> tuple[int, ...]:
 
 
 def _zeros(expected: Any) -> Any:
+    """Zeros of the expected shapes as stride-0 views: a score-free pruner reads only shapes, and full tensors
+    would cost a float per weight (the size of the model again for weight pruning)."""
     import torch
 
     if isinstance(expected, dict):
-        return {name: torch.zeros(shape) for name, shape in expected.items()}
-    return torch.zeros(expected)
+        return {name: torch.zeros(()).expand(tuple(shape)) for name, shape in expected.items()}
+    return torch.zeros(()).expand(tuple(expected))
