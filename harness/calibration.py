@@ -136,6 +136,29 @@ class InputStats:
         return self.sum_squares.sqrt()
 
 
+class _Sums:
+    """Running per-module sums of X² (and XᵀX) and token counts, in float32 on the inputs' device."""
+
+    def __init__(self, names: Sequence[str], gram: bool) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.grams: dict[str, torch.Tensor] = {}
+        self.tokens = dict.fromkeys(names, 0)
+        self.gram = gram
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        x = x.float()
+        squares = x.square().sum(0)
+        self.sums[name] = self.sums[name] + squares if name in self.sums else squares
+        self.tokens[name] += x.shape[0]
+        if self.gram:
+            product = x.T @ x
+            self.grams[name] = self.grams[name] + product if name in self.grams else product
+
+    def stats(self) -> dict[str, InputStats]:
+        return {name: InputStats(_cpu(self.sums[name]), count, _cpu(self.grams[name]) if self.gram else None)
+                for name, count in self.tokens.items()}
+
+
 def input_statistics(model: nn.Module, batches: Iterable[Batch], names: Sequence[str],
                      gram: bool = False) -> dict[str, InputStats]:
     """Per named module: the per-input-feature sum of squares, the token count and, with ``gram``, XᵀX.
@@ -143,21 +166,9 @@ def input_statistics(model: nn.Module, batches: Iterable[Batch], names: Sequence
     Accumulated in float32 on the model's device (see :func:`visit_inputs`),
     returned on the CPU.
     """
-    sums: dict[str, torch.Tensor] = {}
-    grams: dict[str, torch.Tensor] = {}
-    tokens = dict.fromkeys(names, 0)
-
-    def accumulate(name: str, x: torch.Tensor) -> None:
-        x = x.float()
-        squares = x.square().sum(0)
-        sums[name] = sums[name] + squares if name in sums else squares
-        tokens[name] += x.shape[0]
-        if gram:
-            product = x.T @ x
-            grams[name] = grams[name] + product if name in grams else product
-
-    visit_inputs(model, batches, names, accumulate)
-    return {name: InputStats(_cpu(sums[name]), tokens[name], _cpu(grams[name]) if gram else None) for name in names}
+    sums = _Sums(names, gram)
+    visit_inputs(model, batches, names, sums.add)
+    return sums.stats()
 
 
 def output_projections(model: nn.Module) -> tuple[str, ...]:
@@ -315,17 +326,11 @@ def _block_statistics(block: nn.Module, members: list[str], modules: dict, captu
     import torch
 
     current: dict = {"mask": None}
-    sums: dict[str, torch.Tensor] = {}
-    grams: dict[str, torch.Tensor] = {}
-    tokens = dict.fromkeys(members, 0)
+    sums = _Sums(members, gram)
 
     def hook_for(name: str) -> Callable:
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = _real_tokens(args[0] if args else next(iter(kwargs.values())), current["mask"], name).float()
-            sums[name] = sums[name] + x.square().sum(0) if name in sums else x.square().sum(0)
-            tokens[name] += x.shape[0]
-            if gram:
-                grams[name] = grams[name] + x.T @ x if name in grams else x.T @ x
+            sums.add(name, _real_tokens(args[0] if args else next(iter(kwargs.values())), current["mask"], name))
 
         return pre_hook
 
@@ -338,7 +343,7 @@ def _block_statistics(block: nn.Module, members: list[str], modules: dict, captu
     finally:
         for handle in handles:
             handle.remove()
-    return {name: InputStats(_cpu(sums[name]), tokens[name], _cpu(grams[name]) if gram else None) for name in members}
+    return sums.stats()
 
 
 def _hidden(output: Any) -> torch.Tensor:
