@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from harness.planning import Plan
 from harness.records import Pruner, Scorer
+from harness.schedules import ONE_SHOT, steps_of
 
 if TYPE_CHECKING:
     from harness.unit import Row, Scored, Unit
@@ -30,6 +31,7 @@ class Cell:
     pruner: Pruner | None = None
     sparsity: float = 0.0
     recovery: bool = False
+    schedule: str = ONE_SHOT  # or "iterative:STEPS" (see harness.schedules)
 
     @property
     def dense(self) -> bool:
@@ -41,12 +43,14 @@ class Cell:
         scorer, pruner = self.scorer, self.pruner
         if scorer is None:  # no scores: shapes only, one per granularity
             return (f"none:{pruner.granularity}" if pruner else "none", None)
-        return (scorer.name, self.sparsity if scorer.per_sparsity else None)
+        # a budget-dependent scorer of an iterative cell first scores at the first step's target
+        return (scorer.name, self.sparsity / steps_of(self.schedule) if scorer.per_sparsity else None)
 
     def label(self) -> str:
         name = self.scorer.name if self.scorer else "none"
         pruner = self.pruner.name if self.pruner else "none"
-        return f"{name}/{pruner}@{self.sparsity}" + (" recovered" if self.recovery else "")
+        schedule = f" {self.schedule}" if self.schedule != ONE_SHOT else ""
+        return f"{name}/{pruner}@{self.sparsity}{schedule}" + (" recovered" if self.recovery else "")
 
 
 DENSE = Cell()
@@ -92,7 +96,8 @@ def unit_specs(plan: Plan) -> list[UnitSpec]:
 
 def plan_cells(plan: Plan) -> list[Cell]:
     """Every cell of a unit, the dense one first."""
-    pruned = [Cell(s, p, sp, r) for s, p in plan.methods for sp in plan.sparsities for r in plan.recoveries()]
+    pruned = [Cell(s, p, sp, r, schedule) for s, p in plan.methods for schedule in plan.schedules(s, p)
+              for sp in plan.sparsities for r in plan.recoveries()]
     return [DENSE, *pruned]
 
 

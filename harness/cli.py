@@ -48,6 +48,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "executor": ("executor", "value"), "address": ("address", "value"), "cpus_per_task": ("cpus_per_task", "value"),
     "retries": ("retries", "value"), "recover": ("recover", "value"), "recover_steps": ("recover_steps", "value"),
     "isolation": ("isolation", "value"), "cell_timeout": ("cell_timeout", "value"),
+    "schedule": ("schedules", "items"),
 }
 
 
@@ -89,6 +90,9 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     add("--retries", type=int, help=f"Ray retries of a unit whose worker died (default: {e.retries})")
     add("--recover", metavar="ADAPTER",
         help="train every pruned model again with this adapter (e.g. finetune, lora); rows before and after")
+    add("--schedule", nargs="+", metavar="SCHEDULE",
+        help=f"'one-shot' or 'iterative:STEPS' (remove the target in STEPS equal steps, re-scoring between "
+        f"them); several are crossed (default: {','.join(g.schedules)})")
     add("--recover-steps", type=int, help=f"training steps of the recovery (default: {b.recover_steps})")
     add("--isolation", choices=("process", "none"),
         help="'process' (default): run each unit in a child process, so a plugin that crashes, exits or hangs "

@@ -42,6 +42,7 @@ class Grid:
     targets: str = "linear"  # weight groups the granularities that use targets prune
     baselines: bool = True  # add each benchmarked granularity's baseline scorers
     recover: str | None = None  # an adapter that trains every pruned model again (rows with and without)
+    schedules: tuple[str, ...] = ("one-shot",)  # or "iterative:STEPS": re-scored between steps (harness.schedules)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ COLUMNS = (
     "updates_weights",
     "train_s",
     "recovery",
+    "schedule",
     "trainable_params",
     "adapter_config",
     "erank_q",
@@ -89,7 +90,15 @@ def read(path: Path) -> Any:
         raise UsageError(f"{path} is not a harness leaderboard (no {', '.join(missing)} column); "
                          "move it aside or choose another --out")
     frame = frame.reindex(columns=[*COLUMNS, *[c for c in frame.columns if c not in COLUMNS]])
-    return with_integers(frame)
+    return with_integers(with_schedule(frame))
+
+
+def with_schedule(frame: Any) -> Any:
+    """Pruned rows written before schedules existed were one shot: say so, so they group with the new ones."""
+    pruned = text_column(frame["pruner"]).ne("none") & text_column(frame["pruner"]).ne("")
+    frame["schedule"] = text_column(frame["schedule"]).astype(object)
+    frame.loc[pruned & frame["schedule"].eq(""), "schedule"] = "one-shot"
+    return frame
 
 
 def with_integers(frame: Any) -> Any:
@@ -176,7 +185,8 @@ def flag_counts(frame: Any) -> dict[str, int]:
 
 
 AGGREGATE_KEYS = (
-    "model", "task", "adapter", "scorer", "pruner", "granularity", "options", "targets", "recovery", "sparsity",
+    "model", "task", "adapter", "scorer", "pruner", "granularity", "options", "targets", "recovery", "schedule",
+    "sparsity",
 )
 
 

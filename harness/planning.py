@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness import data as taskdata
-from harness import surgery, tensorboard
+from harness import schedules, surgery, tensorboard
 from harness.config import BenchConfig, Budget, Grid
 from harness.errors import UsageError
 from harness.models import ModelSource, load_config, resolve_all
@@ -76,8 +76,13 @@ class Plan:
         """Each pruned cell without recovery, and with it when ``--recover`` names an adapter."""
         return (False, True) if self.recovery is not None else (False,)
 
+    def schedules(self, scorer: Scorer | None, pruner: Pruner) -> tuple[str, ...]:
+        """The grid's schedules for a method that can prune in steps, else one shot only."""
+        return schedules.for_method(self.config.grid.schedules, scorer, pruner, self.granularity(pruner))
+
     def cells_per_unit(self) -> int:
-        return 1 + len(self.methods) * len(self.sparsities) * len(self.recoveries())
+        pruned = sum(len(self.schedules(scorer, pruner)) for scorer, pruner in self.methods)
+        return 1 + pruned * len(self.sparsities) * len(self.recoveries())
 
     def total_cells(self) -> int:
         units = len(self.models) * len(self.tasks) * len(self.adapters) * len(self.config.grid.seeds)
@@ -257,6 +262,7 @@ def _check_grid(grid: Grid) -> None:
     for s in grid.sparsities:
         if not 0.0 <= s < 1.0:
             raise UsageError(f"sparsity {s} is outside [0, 1)")
+    schedules.check(grid.schedules)
 
 
 def _check_numbers(config: BenchConfig) -> None:
@@ -323,4 +329,14 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
     granularities = {name: registry.get("granularity", name) for name in sorted(used)}
     plan = Plan(config, models, tasks, chosen["adapter"], methods, sparsities, overrides, recovery, granularities)
     _check_budgets(config, plan, configs)
+    _check_schedules(plan)
     return plan
+
+
+def _check_schedules(plan: Plan) -> None:
+    """An iterative schedule that no method of the grid can run would silently give one-shot rows only."""
+    stepped = [s for s in plan.config.grid.schedules if s != schedules.ONE_SHOT]
+    if stepped and not any(schedules.iterates(scorer, pruner, plan.granularity(pruner))
+                           for scorer, pruner in plan.methods):
+        raise UsageError(f"schedule {stepped[0]}: no method of this grid can prune in steps (it needs a scorer, a "
+                         "pruner that uses its scores and changes no weights, and a granularity that can gate units)")

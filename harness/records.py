@@ -260,6 +260,9 @@ class Granularity:
     without removing them, which must give the same outputs as ``apply``.
     ``config_shapes`` (optional) gives the score shapes from a model's config
     alone, so pruners are dry-run on every model before any work.
+    ``achieved`` (optional) is for units that are not weights (activations
+    zeroed at run time): the achieved sparsity measured on a pruned model over
+    the given batches (the evaluation data), used instead of counting weights.
     """
 
     name: str
@@ -271,6 +274,7 @@ class Granularity:
     held: Callable[[nn.Module, Any], Mapping[str, torch.Tensor]] = _nothing_held
     mask: Callable[[nn.Module, Any], AbstractContextManager[Any]] | None = None
     config_shapes: Callable[[Any], Any] | None = None
+    achieved: Callable[[nn.Module, Sequence[Batch]], float] | None = None
 
 
 ROLE_RECORDS: Mapping[str, type] = {

@@ -18,16 +18,19 @@ from harness import atomic, leaderboard, provenance
 from harness.errors import UsageError
 from harness.records import LOWER_IS_BETTER
 
-TABLE_COLUMNS = ("scorer", "pruner", "options", "recovery", "sparsity", "achieved_sparsity", "score_mean", "score_sd", "seeds",
+TABLE_COLUMNS = ("scorer", "pruner", "options", "recovery", "schedule", "sparsity", "achieved_sparsity", "score_mean", "score_sd", "seeds",
                  "speedup_mean", "params", "gflops", "flagged")
 
 
 def _method(frame: Any) -> Any:
-    """One curve per scorer/pruner, its changed options, and whether the row is after recovery."""
+    """One curve per scorer/pruner, its changed options, its schedule unless one shot, and whether the row is
+    after recovery."""
     label = frame["scorer"].astype(str) + "/" + frame["pruner"].astype(str)
-    for column, prefix in (("options", " "), ("recovery", " + recovery ")):
+    for column, prefix in (("options", " "), ("schedule", " "), ("recovery", " + recovery ")):
         if column in frame:
             value = leaderboard.text_column(frame[column])
+            if column == "schedule":
+                value = value.where(value != "one-shot", "")
             label = label.where(value == "", label + prefix + value)
     return label
 

@@ -11,14 +11,15 @@ import copy
 import dataclasses
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import adaptation, batching, measures, modeling, surgery
+from harness import adaptation, batching, measures, modeling, schedules, surgery
 from harness.cache import Cache, default_root, digest, fingerprint_folder, untied
 from harness.cells import DENSE, Cell, UnitSpec
-from harness.checks import checked_mask, checked_scores
+from harness.checks import checked_scores
 from harness.config import Budget
 from harness.models import ModelSource, load_for_task
 from harness.planning import Plan
@@ -34,6 +35,7 @@ from harness.records import (
     TaskData,
     TrainRequest,
 )
+from harness.schedules import ONE_SHOT, Gated
 from harness.tensorboard import Scalars, recording
 
 Row = dict[str, Any]
@@ -123,13 +125,15 @@ class Unit:
             "sparsity": cell.sparsity,
             "seed": self.seed,
             "recovery": (options_label(recover, o) or recover.name) if recover else "",
+            **({"schedule": cell.schedule} if cell.schedule != ONE_SHOT else {}),  # one-shot run ids as before
         }
         budget = self.budget.stages("train", "score", "cell", *(("recovery",) if recover else ()))
         code = {"unit": self.unit_code(), "scorer": plan.code_of(cell.scorer), "pruner": plan.code_of(cell.pruner),
                 "granularity": plan.code_of(granularity), "recovery": plan.code_of(recover)}
         key = digest({**parts, "identity": self.identity, "budget": budget,
                       "measure": dataclasses.asdict(plan.config.measure), "code": code})
-        return {"run_id": key, **parts, "metric": self.data.metric, "train_s": round(self.train_s, 2), **self.adapted}
+        return {"run_id": key, **parts, "schedule": cell.schedule if cell.pruner else "", "metric": self.data.metric,
+                "train_s": round(self.train_s, 2), **self.adapted}
 
     def unit_key(self) -> str:
         """Hash of what determines the fine-tuned model: the cache key of the unit's training."""
@@ -156,6 +160,8 @@ class Unit:
         """1 - nonzero weights left in the pruned scope / weights the dense model had there (counted)."""
         if granularity is None:
             return 0.0
+        if granularity.achieved is not None:  # dynamic units: measured on the evaluation data
+            return float(granularity.achieved(model, self.eval_batches))
         scope = self.scope(granularity)
         if scope is None:
             return float("nan")
@@ -250,21 +256,22 @@ class Unit:
     def train_batches(self, steps: int, seed_offset: int = 0) -> Any:
         return self.feed.stream(steps, self.budget.batch_size, self.seed + seed_offset)
 
-    def scores(self, scorer: Scorer | None, pruner: Pruner, sparsity: float | None) -> Scored:
+    def scores(self, scorer: Scorer | None, pruner: Pruner, sparsity: float | None, gated: Gated | None = None) -> Scored:
         """A scorer's output on a copy of the dense model (once, or once per sparsity if it learns), cached.
 
         Without a scorer (a pruner that uses no scores) the "scores" are zeros of
-        the granularity's shapes: only their shapes matter.
+        the granularity's shapes: only their shapes matter. ``gated``: units an
+        earlier step of an iterative schedule removed, gated off while scoring.
         """
         granularity = self.plan.granularity(scorer or pruner)
         expected = granularity.shapes(self.model, self.targets(granularity))
         if scorer is None:
             return Scored(_zeros(expected), 0.0, {})
-        key = self._score_key(scorer, sparsity, granularity)
+        key = self._score_key(scorer, sparsity, granularity, gated)
         cached = self._cached_scores(scorer, key)
         if cached is not None:
             return cached
-        scored = self._score(scorer, sparsity, granularity, expected)
+        scored = self._score(scorer, sparsity, granularity, expected, gated)
         self.cache.counts["scoring_runs"] += 1
         tensors = scored.values if isinstance(scored.values, dict) else {"": scored.values}
         tensors = {f"scores/{name}": t for name, t in tensors.items()}
@@ -274,12 +281,14 @@ class Unit:
         self.cache.save_tensors("scores", key, untied(tensors), meta)
         return scored
 
-    def _score_key(self, scorer: Scorer, sparsity: float | None, granularity: Granularity) -> str:
+    def _score_key(self, scorer: Scorer, sparsity: float | None, granularity: Granularity,
+                   gated: Gated | None = None) -> str:
         label = options_label(scorer, self.plan.overrides) or scorer.name
         code = {"scorer": self.plan.code_of(scorer), "granularity": self.plan.code_of(granularity)}
+        after = {"gated": gated.digest} if gated is not None else {}
         return digest({"unit": self.unit_key(), "scorer": label, "sparsity": sparsity,
                        "targets": self.targets(granularity), "budget": self.budget.stages("train", "score"),
-                       "code": code})
+                       "code": code, **after})
 
     def _cached_scores(self, scorer: Scorer, key: str) -> Scored | None:
         found = self.cache.load_tensors("scores", key)
@@ -296,7 +305,8 @@ class Unit:
         values = scores if meta["dict"] else scores[""]
         return Scored(values, float(meta["seconds"]), dict(meta["extras"]), model)
 
-    def _score(self, scorer: Scorer, sparsity: float | None, granularity: Granularity, expected: Any) -> Scored:
+    def _score(self, scorer: Scorer, sparsity: float | None, granularity: Granularity, expected: Any,
+               gated: Gated | None) -> Scored:
         model = copy.deepcopy(self.model)
         label = self.row(Cell(scorer, None, sparsity or 0.0))["run_id"]
         extras: dict[str, float] = {}
@@ -305,7 +315,8 @@ class Unit:
         request = ScoreRequest(model, self.calibration, self.seed, options, sparsity, self.train_batches, log,
                                self.targets(granularity))
         start = time.perf_counter()
-        values = scorer.score(request)
+        with granularity.mask(model, gated.keep) if gated is not None and granularity.mask else nullcontext():
+            values = scorer.score(request)
         elapsed = time.perf_counter() - start
         values = checked_scores(scorer, values, expected)
         return Scored(values, elapsed, extras, model if scorer.updates_model else None)
@@ -323,10 +334,11 @@ class Unit:
         model = copy.deepcopy(base) if pruner.updates_model else base  # its own copy to reconstruct in
         request = PruneRequest(scores, cell.sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads,
                                model, log, self.calibration)
+        keep, scoring_s, mask_s = schedules.keep_mask(self, cell, scored, request)
         start = time.perf_counter()
-        keep = checked_mask(pruner, pruner.compute_mask(request), scores)
         model = granularity.apply(model if pruner.updates_model else copy.deepcopy(base), keep)
-        row["prune_s"] = round(time.perf_counter() - start, 3)
+        row["prune_s"] = round(mask_s + time.perf_counter() - start, 3)
+        row["scoring_s"] = round(scoring_s, 3)
         row["updates_weights"] = bool(pruner.updates_model or (cell.scorer is not None and cell.scorer.updates_model))
         if cell.recovery:
             model, recovered, row["flags"] = self._recover(model, granularity.held(model, keep))

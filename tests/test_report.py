@@ -48,7 +48,7 @@ def test_report_writes_markdown_html_and_plots(tmp_path, capsys):
     assert [p.name for p in pngs] == ["m-t-finetune-sparsity.png", "m-t-finetune-speedup.png"]
     assert all(p.read_bytes().startswith(PNG) and p.stat().st_size > 10_000 for p in pngs)
     md = (folder / "report.md").read_text()
-    assert "![m-t-finetune-sparsity](m-t-finetune-sparsity.png)" in md and "| good | heads |  |  | 0.5 |" in md
+    assert "![m-t-finetune-sparsity](m-t-finetune-sparsity.png)" in md and "| good | heads |  |  | one-shot | 0.5 |" in md
     page = (folder / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table" in page  # self-contained
     assert "2 plots" in capsys.readouterr().out
