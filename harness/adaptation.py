@@ -99,3 +99,18 @@ def recover(adapter: Adapter, request: TrainRequest, held: Mapping[str, torch.Te
 def trained_loss(result: Any) -> float | None:
     """The run's tail-mean loss, or ``None`` when no step ran (``--train-steps 0``): nothing to judge."""
     return float(result.final_loss) if result.steps > 0 else None
+
+
+def architecture(model: nn.Module) -> dict[str, str]:
+    """What a fine-tune may change besides weights (``relufy`` swaps the FFN activation): cached beside them."""
+    try:
+        return {"ffn_activation": surgery.ffn_activation_name(model)}
+    except ValueError:  # an architecture without a known FFN activation
+        return {}
+
+
+def restore_architecture(model: nn.Module, meta: Mapping[str, Any]) -> None:
+    """Make a freshly loaded model what the cached fine-tune was before its weights go in (its FFN activation)."""
+    wanted = meta.get("ffn_activation")
+    if wanted is not None and wanted != surgery.ffn_activation_name(model):
+        surgery.set_ffn_activation(model, wanted)

@@ -21,7 +21,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness import atomic, identity
 from harness.models import sha256_of
@@ -175,13 +175,19 @@ class Cache:
             self.counts["cache_write_failed"] += 1
             warn(f"cannot write cache entry {path} ({type(error).__name__}: {error}); carrying on without it")
 
-    def load_model(self, key: str, model: nn.Module) -> dict[str, Any] | None:
-        """Load a verified cached state into ``model`` (same architecture); its metadata, or None on a miss."""
+    def load_model(self, key: str, model: nn.Module,
+                   before: Callable[[nn.Module, dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+        """Load a verified cached state into ``model`` (same architecture); its metadata, or None on a miss.
+
+        ``before(model, meta)`` first makes the model what was cached, beyond its weights.
+        """
         found = self.load_tensors("models", key)
         if found is None:
             return None
         state, meta = found
         try:
+            if before is not None:
+                before(model, meta)
             model.load_state_dict(state, strict=True)
         except Exception as error:  # right checksum, wrong architecture: a key collision or a foreign file
             self.counts["models_hit"] -= 1

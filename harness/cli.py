@@ -176,12 +176,13 @@ def cmd_list(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
     rows = [(item, registry.label(item)) for item in registry]
     width = max((len(label) for _, label in rows), default=4)
     roles = max((len(item.role) for item, _ in rows), default=4)
-    print(f"{'role':{roles}} {'name':{width}} {'unit':7} distribution")
+    units = max((len(getattr(item.record, "granularity", "-")) for item, _ in rows), default=4)
+    print(f"{'role':{roles}} {'name':{width}} {'unit':{units}} distribution")
     if getattr(args, "options", False):
         print("    option  type  default  choices|range  help")
     for item, label in rows:
         unit = getattr(item.record, "granularity", "-")
-        print(f"{item.role:{roles}} {label:{width}} {unit:7} {item.dist}")
+        print(f"{item.role:{roles}} {label:{width}} {unit:{units}} {item.dist}")
         for line in table(describe(item.record)) if getattr(args, "options", False) else ():
             print(f"    {line}")
     return 0

@@ -234,8 +234,12 @@ def check_granularity(granularity: Granularity) -> None:
             with granularity.mask(model, keep_arg):
                 masked = model(**inputs).logits
             assert torch.allclose(masked, logits, atol=1e-5), "masking and applying give the same outputs"
-    left = surgery.count_nonzero(pruned, scope)[0] if set(scope) <= {n for n, _ in pruned.named_modules()} else 0
-    assert left < dense[0], "applying a mask that removes units lowers the nonzero weights of the scope"
+    if granularity.achieved is not None:  # units that are not weights (activations): sparsity measured on data
+        achieved = granularity.achieved(pruned, tiny_batches())
+        assert isinstance(achieved, float) and 0.0 <= achieved <= 1.0, "achieved sparsity is a fraction in [0, 1]"
+    else:
+        left = surgery.count_nonzero(pruned, scope)[0] if set(scope) <= {n for n, _ in pruned.named_modules()} else 0
+        assert left < dense[0], "applying a mask that removes units lowers the nonzero weights of the scope"
     assert isinstance(granularity.held(pruned, keep_arg), Mapping), "held() gives a mapping of weight masks"
 
 

@@ -86,3 +86,17 @@ def forward_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
     batch, tokens = inputs["input_ids"].shape
     geometry = surgery.head_geometry(model)
     return total + 4 * batch * tokens * tokens * geometry.head_dim * geometry.total_heads
+
+
+def weights_changed(before: nn.Module, after: nn.Module) -> bool:
+    """Whether a pruner changed any weight it kept (SparseGPT's reconstruction), not only zeroed some: measured,
+    so a pruner that needs its own copy for another reason (``teal`` installs run-time thresholds) says False."""
+    import torch
+
+    old = dict(before.named_parameters())
+    with torch.no_grad():
+        for name, value in after.named_parameters():
+            base = old.get(name)
+            if base is not None and base.shape == value.shape and bool(((base != value) & (value != 0)).any()):
+                return True
+    return False

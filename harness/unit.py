@@ -213,7 +213,7 @@ class Unit:
         self.feed = batching.feed_for(self.data, self.tokenizer)
         self.eval_batches = self.feed.evaluation(budget.eval_limit)
         self.calibration = self.feed.calibration(budget.calib_examples, budget.batch_size, self.seed)
-        meta = self.cache.load_model(self.unit_key(), self.model)
+        meta = self.cache.load_model(self.unit_key(), self.model, before=adaptation.restore_architecture)
         if meta is None:
             meta, updates = self._train()
             if updates:
@@ -247,7 +247,7 @@ class Unit:
         self.model = result.model.eval()
         self.cache.counts["fine_tunes_run"] += 1
         meta = {"train_s": elapsed, "trainable_params": result.trainable_params, LOSS_KEY: adaptation.trained_loss(result),
-                "config": dict(result.config)}
+                "config": dict(result.config), **adaptation.architecture(self.model)}
         return meta, dict(result.updates)
 
     def dense(self) -> Row:
@@ -339,7 +339,8 @@ class Unit:
         model = granularity.apply(model if pruner.updates_model else copy.deepcopy(base), keep)
         row["prune_s"] = round(mask_s + time.perf_counter() - start, 3)
         row["scoring_s"] = round(scoring_s, 3)
-        row["updates_weights"] = bool(pruner.updates_model or (cell.scorer is not None and cell.scorer.updates_model))
+        row["updates_weights"] = bool((cell.scorer is not None and cell.scorer.updates_model) or
+                                      (pruner.updates_model and measures.weights_changed(base, model)))
         if cell.recovery:
             model, recovered, row["flags"] = self._recover(model, granularity.held(model, keep))
             extras.update(recovered)

@@ -113,7 +113,7 @@ def test_an_unknown_granularity_is_a_one_line_error(capsys, tiny_model_dir) -> N
 
     line = error_of(capsys, ["bench", "--models", str(tiny_model_dir("bert")), "--plugins", "orphan,heads",
                              "--isolation", "none"], extra=(Orphan(),))
-    assert "granularity 'channel' is not installed (known: head, layer, neuron, weight)" in line
+    assert "granularity 'channel' is not installed (known: activation, head, layer, neuron, weight)" in line
 
 
 # --- keys hashed mechanically from the config groups ----------------------------------------------------------

@@ -8,10 +8,10 @@ granularity (N:M blocks, ...) is one module of the same shape.
 from __future__ import annotations
 
 from harness import hookimpl
-from harness.granularities import heads, layers, neurons, weights
+from harness.granularities import activations, heads, layers, neurons, weights
 from harness.records import Granularity
 
 
 @hookimpl
 def harness_granularities() -> list[Granularity]:
-    return [heads.HEAD, neurons.NEURON, weights.WEIGHT, layers.LAYER]
+    return [heads.HEAD, neurons.NEURON, weights.WEIGHT, layers.LAYER, activations.ACTIVATION]

@@ -6,6 +6,21 @@ tables). Scorers return scores and pruners return masks; only this package
 touches weights.
 """
 
+from harness.surgery.activations import (
+    ACTIVATION_LAYOUTS,
+    ACTIVATION_THRESHOLD_KEY,
+    ActivationStats,
+    activation_thresholds,
+    calibrate_activation_thresholds,
+    down_projections,
+    ffn_activation_name,
+    ffn_activation_stats,
+    remove_activation_thresholds,
+    set_activation_thresholds,
+    set_ffn_activation,
+    threshold_for,
+    visit_ffn_activations,
+)
 from harness.surgery.common import get as _get
 from harness.surgery.heads import (
     KEPT_HEADS_KEY,
@@ -56,6 +71,19 @@ from harness.surgery.weights import (
 )
 
 __all__ = [
+    "ACTIVATION_LAYOUTS",
+    "ACTIVATION_THRESHOLD_KEY",
+    "ActivationStats",
+    "activation_thresholds",
+    "calibrate_activation_thresholds",
+    "down_projections",
+    "ffn_activation_name",
+    "ffn_activation_stats",
+    "remove_activation_thresholds",
+    "set_activation_thresholds",
+    "set_ffn_activation",
+    "threshold_for",
+    "visit_ffn_activations",
     "KEPT_LAYERS_KEY",
     "BlockHooks",
     "BlockVisitor",
