@@ -14,6 +14,7 @@ from harness.options import Options, option
 from harness.records import (
     Adapter,
     Batch,
+    EvalRequest,
     Granularity,
     Pruner,
     PruneRequest,
@@ -40,6 +41,7 @@ def run(config: object = None, **settings: object) -> object:
 __all__ = [
     "Adapter",
     "Batch",
+    "EvalRequest",
     "Granularity",
     "Options",
     "PruneRequest",

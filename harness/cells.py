@@ -118,7 +118,7 @@ def run_unit(unit: Unit, done: set[str], report: Reporter, failed: frozenset[str
         unit.prepare()
         if todo[0] == DENSE:
             report.phase("dense", [unit.row(DENSE)])
-            unit.write(unit.dense())
+            write_rows(unit, unit.dense())
     except (Exception, SystemExit) as error:  # the dense model failed: every cell of the unit depends on it
         for cell in todo:
             unit.write(unit.error_row(cell, error))
@@ -126,6 +126,13 @@ def run_unit(unit: Unit, done: set[str], report: Reporter, failed: frozenset[str
         return
     report.tick("dense")
     _run_cells(unit, [cell for cell in todo if cell != DENSE], report)
+
+
+def write_rows(unit: Unit, rows: list[Row]) -> None:
+    """A cell's rows (one per metric), its primary row (the cell's run id) last: a resume that finds it, which is
+    what marks the cell done, finds the others too."""
+    for row in [*rows[1:], *rows[:1]]:
+        unit.write(row)
 
 
 def _run_cells(unit: Unit, todo: list[Cell], report: Reporter) -> None:
@@ -145,7 +152,7 @@ def _run_cells(unit: Unit, todo: list[Cell], report: Reporter) -> None:
         try:
             if isinstance(outcome, BaseException):
                 raise outcome
-            unit.write(unit.pruned(cell, outcome))
+            write_rows(unit, unit.pruned(cell, outcome))
         except (Exception, SystemExit) as error:
             unit.write(unit.error_row(cell, error))
         report.tick(cell.label())

@@ -47,3 +47,13 @@ def checked_mask(pruner: Pruner, keep: Any, scores: Any) -> Any:
     if tuple(getattr(keep, "shape", ())) != tuple(scores.shape):
         raise ValueError(f"pruner {pruner.name!r} returned a mask of shape {tuple(getattr(keep, 'shape', ()))}")
     return keep.bool()
+
+
+def zero_scores(expected: Any) -> Any:
+    """Zeros of the expected shapes as stride-0 views: a score-free pruner reads only shapes, and full tensors
+    would cost a float per weight (the size of the model again for weight pruning)."""
+    import torch
+
+    if isinstance(expected, dict):
+        return {name: torch.zeros(()).expand(tuple(shape)) for name, shape in expected.items()}
+    return torch.zeros(()).expand(tuple(expected))

@@ -251,3 +251,13 @@ def load_task_file(path: Path) -> Task:
                         steps, "causal-lm" if language else "classification")
 
     return Task(name=task_name(path, spec), load=load, description=f"task file {path}")
+
+
+def fingerprint(data: Any) -> str:
+    """A hash of everything a task's data determines (texts, labels, metric, length, protocol): part of every key."""
+    import hashlib
+    import json
+
+    splits = [(s.text_a, s.text_b, s.labels) for s in (data.train, data.validation)]
+    blob = json.dumps([splits, data.label_names, data.metric, data.max_length, dict(data.protocol)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

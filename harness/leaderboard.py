@@ -158,8 +158,7 @@ def summary(frame: Any) -> str:
         return "no successful cells"
     ok = ok.assign(method=ok["scorer"].astype(str) + "/" + ok["pruner"].astype(str))
     parts = []
-    for (model, task, adapter), group in ok.groupby(["model", "task", "adapter"], sort=True):
-        metric = group["metric"].iloc[0]
+    for (model, task, adapter, metric), group in ok.groupby(["model", "task", "adapter", "metric"], sort=True):
         table = group.pivot_table(index="method", columns="sparsity", values="score", aggfunc="mean")
         speed = group.pivot_table(index="method", columns="sparsity", values="speedup", aggfunc="mean")
         parts.append(f"{model} × {task} ({adapter}), {metric} by sparsity (mean over seeds):")
@@ -185,13 +184,13 @@ def flag_counts(frame: Any) -> dict[str, int]:
 
 
 AGGREGATE_KEYS = (
-    "model", "task", "adapter", "scorer", "pruner", "granularity", "options", "targets", "recovery", "schedule",
-    "sparsity",
+    "model", "task", "metric", "adapter", "scorer", "pruner", "granularity", "options", "targets", "recovery",
+    "schedule", "sparsity",
 )
 
 
 def current(frame: Any) -> Any:
-    """The newest row of each cell: same model, task, method, options, sparsity and seed.
+    """The newest row of each cell and metric: same model, task, metric, method, options, sparsity and seed.
 
     An older row of the same cell has another run id: other code (a plugin was
     edited) or another budget computed it. It stays in the file, which keeps
@@ -204,7 +203,7 @@ def current(frame: Any) -> Any:
 
 
 def aggregate(frame: Any) -> Any:
-    """One row per (model, task, method, sparsity): mean, sd and count over seeds, dense reference beside it.
+    """One row per (model, task, metric, method, sparsity): mean, sd and count over seeds, dense reference beside it.
 
     Only the newest row of each cell counts (:func:`current`), and only if it is
     ``ok``; ``sd`` is the sample standard deviation (NaN for one seed).
@@ -221,7 +220,6 @@ def aggregate(frame: Any) -> Any:
             ok[key] = text_column(ok[key])
     grouped = ok.groupby(keys, sort=True, dropna=False)
     table = grouped.agg(
-        metric=("metric", "first"),
         score_mean=("score", "mean"),
         score_sd=("score", "std"),
         seeds=("seed", "nunique"),
@@ -233,10 +231,10 @@ def aggregate(frame: Any) -> Any:
         flagged=("flags", lambda flags: int((text_column(flags) != "").sum())),
     ).reset_index()
     dense = table[(table["scorer"] == "none") & (table["pruner"] == "none")]
-    dense = dense[["model", "task", "adapter", "score_mean", "score_sd"]].rename(
+    dense = dense[["model", "task", "adapter", "metric", "score_mean", "score_sd"]].rename(
         columns={"score_mean": "dense_mean", "score_sd": "dense_sd"}
     )
-    return table.merge(dense, on=["model", "task", "adapter"], how="left")
+    return table.merge(dense, on=["model", "task", "adapter", "metric"], how="left")
 
 
 def write_aggregate(frame: Any, path: Path) -> None:

@@ -244,7 +244,7 @@ def _check_model_kinds(models: list[ModelSource], tasks: list[tuple[Task, TaskDa
     for source in models:
         config = configs[source.name]
         if config is not None and not is_causal_lm(config):
-            raise UsageError(f"task {lm_tasks[0]} is language modelling (perplexity), but model {source.name} "
+            raise UsageError(f"task {lm_tasks[0]} evaluates a causal language model, but model {source.name} "
                              f"({config.model_type}) is not a causal LM; give a decoder such as GPT-2 or LLaMA")
 
 

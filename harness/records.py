@@ -46,12 +46,30 @@ class Split:
 
 
 @dataclass(frozen=True)
+class EvalRequest:
+    """What a task that evaluates the model itself (``TaskData.evaluate``) gets: the model as the cell has it.
+
+    ``limit`` is ``--eval-limit`` (``None``: everything), ``batch_size`` is
+    ``--batch-size`` and ``seed`` the row's seed.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    batch_size: int
+    limit: int | None
+    seed: int
+
+
+@dataclass(frozen=True)
 class TaskData:
     """What a task hands the harness: data, label names and its primary metric.
 
     ``kind="causal-lm"``: the splits hold unlabelled texts, the model is a causal
     language model, ``max_length`` is the block length in tokens and the metric is
-    perplexity (lower is better).
+    perplexity (lower is better). A task that scores the model its own way (an
+    external evaluation suite) sets ``evaluate``: it returns ``{metric: value}``,
+    one leaderboard row each, the first named ``metric`` (not one of ``METRICS``);
+    the splits then only feed training and calibration.
     """
 
     train: Split
@@ -62,16 +80,20 @@ class TaskData:
     train_steps: int | None = None  # the task's default fine-tuning budget; --train-steps overrides
     kind: TaskKind = "classification"
     protocol: Mapping[str, str | float] = field(default_factory=dict)  # how it was built: in every row's extras
+    evaluate: Callable[[EvalRequest], Mapping[str, float]] | None = None  # scores the model itself: {metric: value}
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
+        own = self.evaluate is not None  # the task names its own metrics
+        if not own and self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
+        if own and not self.metric:
+            raise ValueError("a task with evaluate names the first metric it returns")
         if self.kind == "causal-lm":
-            if self.metric != "perplexity":
+            if not own and self.metric != "perplexity":
                 raise ValueError("a causal-lm task is scored by perplexity")
         elif self.kind != "classification":
             raise ValueError(f"kind must be classification or causal-lm, not {self.kind!r}")
-        elif self.metric == "perplexity" or len(self.label_names) < 2:
+        elif (not own and self.metric == "perplexity") or len(self.label_names) < 2:
             raise ValueError("a classification task needs at least two labels and a classification metric")
         if not len(self.train) or not len(self.validation):
             raise ValueError("both splits need at least one example")

@@ -1,6 +1,6 @@
 """``harness report OUT``: Markdown and self-contained HTML leaderboards, and PNG plots, from a leaderboard CSV.
 
-People look rather than read: per (model, task, adapter) one plot of the metric
+People look rather than read: per (model, task, adapter, metric) one plot of the metric
 against sparsity (mean ± sd over seeds, one curve per method, the dense model
 as a line) and one of the metric against measured speedup (the Pareto view).
 The HTML embeds the plots, so the one file can be mailed or published.
@@ -46,7 +46,7 @@ def _slug(*parts: str) -> str:
 
 @contextmanager
 def _figure(group: Any, path: Path, title: str, xlabel: str) -> Iterator[Any]:
-    """An Agg figure for one (model, task, adapter): yields the axes, then labels, saves and closes it."""
+    """An Agg figure for one (model, task, adapter, metric): yields the axes, then labels, saves and closes it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,11 +137,18 @@ def _markdown_table(frame: Any) -> str:
 
 
 def _sections(table: Any, folder: Path) -> list[tuple[str, Any, list[Path]]]:
-    """Per (model, task, adapter): its title, its table and its two plots."""
+    """Per (model, task, adapter, metric): its title, its table and its two plots (a plot never mixes metrics).
+
+    A task with one metric keeps the names it always had; the metric joins the
+    title and the file names only where a task reports several (lm-eval).
+    """
     sections = []
-    for (model, task, adapter), group in table.groupby(["model", "task", "adapter"], sort=True):
-        title = f"{model} × {task} ({adapter})"
-        stem = _slug(model.split("/")[-1], task, adapter)
+    keys = ["model", "task", "adapter", "metric"]
+    metrics = table.groupby(keys[:3], sort=True)["metric"].nunique()
+    for (model, task, adapter, metric), group in table.groupby(keys, sort=True):
+        several = metrics[(model, task, adapter)] > 1
+        title = f"{model} × {task} ({adapter})" + (f", {metric}" if several else "")
+        stem = _slug(model.split("/")[-1], task, adapter, *([metric] if several else []))
         plots = [folder / f"{stem}-sparsity.png", folder / f"{stem}-speedup.png"]
         plot_sparsity(group, plots[0], title)
         plot_speedup(group, plots[1], title)

@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness import adaptation, batching, measures, modeling, schedules, surgery
+from harness import data as taskdata
 from harness.cache import Cache, default_root, digest, fingerprint_folder, untied
 from harness.cells import DENSE, Cell, UnitSpec
-from harness.checks import checked_scores
+from harness.checks import checked_scores, zero_scores
 from harness.config import Budget
 from harness.models import ModelSource, load_for_task
 from harness.planning import Plan
 from harness.plugins import options_for, options_label
 from harness.records import (
     Adapter,
+    EvalRequest,
     Granularity,
     Pruner,
     PruneRequest,
@@ -168,34 +170,34 @@ class Unit:
         names, dense = scope
         return 1.0 - surgery.count_nonzero(model, names)[0] / dense
 
-    def measure(self, model: Any, row: Row, granularity: Granularity | None = None) -> Row:
+    def measure(self, model: Any, row: Row, granularity: Granularity | None = None) -> list[Row]:
         """Quality on the validation split, size, sparsity, FLOPs, latency and speedup over the dense model.
 
-        A pruned model is timed in alternation with the dense one, in the same run.
+        One row per metric (see :func:`metric_rows`); a pruned model is timed in
+        alternation with the dense one, in the same run, once for all of them.
         """
-        quality = self.feed.quality(model, self.eval_batches)
-        score = quality.score
-        flags = sorted({*self.flags, *row.pop("flags", ()), *quality.flags})
+        scores, quality_flags = self.quality(model)
+        flags = sorted({*self.flags, *row.pop("flags", ()), *quality_flags})
         geometry = surgery.head_geometry(model)
         if model is self.model:
             latency = reference = measures.measure_latency_ms(model, self.latency_input)
         else:
             reference, latency = measures.compare_latency_ms([self.model, model], self.latency_input)
         log = self.scalars.logger(f"cell-{row['run_id']}")
-        log(f"eval/{self.data.metric}", score, 0)
+        for name, value in scores.items():
+            log(f"eval/{name}", value, 0)
         log("eval/heads_kept", geometry.total_heads, 0)
         log("eval/latency_ms", latency, 0)
         gflops = measures.forward_flops(model, self.latency_input) / 1e9 if model is not self.model else self.dense_gflops
         achieved = self.sparsity_of(model, granularity)
         log("eval/achieved_sparsity", achieved, 0)
         extras = {**self.data.protocol, **row.pop("extras", {})}
-        return {
+        return metric_rows({
             **row,
             "extras": json.dumps({k: _rounded(v) for k, v in sorted(extras.items())}) if extras else "",
             "achieved_sparsity": round(achieved, 6),
             "heads_kept": geometry.total_heads,
             "heads_total": self.heads_total,
-            "score": round(score, 6),
             "params": modeling.count_params(model),
             "nonzero_params": sum(int(p.count_nonzero()) for p in model.parameters()),
             "gflops": round(gflops, 4),
@@ -204,7 +206,24 @@ class Unit:
             "flags": ";".join(flags),
             "status": "ok",
             "error": "",
-        }
+        }, scores)
+
+    def quality(self, model: Any) -> tuple[dict[str, float], tuple[str, ...]]:
+        """The model's metrics in order, the task's metric first, and the flags they raise.
+
+        A task with ``evaluate`` scores the model itself (an external suite);
+        the others get the feed's one metric on the evaluation batches.
+        """
+        if self.data.evaluate is None:
+            quality = self.feed.quality(model, self.eval_batches)
+            return {self.data.metric: quality.score}, quality.flags
+        budget = self.budget
+        request = EvalRequest(model, self.tokenizer, budget.batch_size, budget.eval_limit, self.seed)
+        scores = {str(name): float(value) for name, value in self.data.evaluate(request).items()}
+        if next(iter(scores), None) != self.data.metric:
+            raise ValueError(f"task {self.task.name} returned {next(iter(scores), 'no metric')!r} first, "
+                             f"not its metric {self.data.metric!r}")
+        return scores, ()
 
     def prepare(self) -> None:
         """Load and fine-tune (or load the cached fine-tune of) the dense model: the reference of every cell."""
@@ -250,7 +269,7 @@ class Unit:
                 "config": dict(result.config), **adaptation.architecture(self.model)}
         return meta, dict(result.updates)
 
-    def dense(self) -> Row:
+    def dense(self) -> list[Row]:
         return self.measure(self.model, {**self.row(DENSE), "scoring_s": 0.0, "prune_s": 0.0, "updates_weights": False})
 
     def train_batches(self, steps: int, seed_offset: int = 0) -> Any:
@@ -266,7 +285,7 @@ class Unit:
         granularity = self.plan.granularity(scorer or pruner)
         expected = granularity.shapes(self.model, self.targets(granularity))
         if scorer is None:
-            return Scored(_zeros(expected), 0.0, {})
+            return Scored(zero_scores(expected), 0.0, {})
         key = self._score_key(scorer, sparsity, granularity, gated)
         cached = self._cached_scores(scorer, key)
         if cached is not None:
@@ -321,13 +340,13 @@ class Unit:
         values = checked_scores(scorer, values, expected)
         return Scored(values, elapsed, extras, model if scorer.updates_model else None)
 
-    def pruned(self, cell: Cell, scored: Scored) -> Row:
+    def pruned(self, cell: Cell, scored: Scored) -> list[Row]:
         """Apply the pruner's mask to a copy; with recovery, train it again (sparsity kept) before measuring."""
         pruner, scores = cell.pruner, scored.values
         assert pruner is not None
         granularity = self.plan.granularity(pruner)
         base = scored.model if scored.model is not None else self.model
-        kv_heads = _kv_heads(base)
+        kv_heads = surgery.kv_heads(base)
         extras = {**scored.extras, "calib_examples": sum(len(batch["input_ids"]) for batch in self.calibration)}
         row = {**self.row(cell), "scoring_s": round(scored.seconds, 3)}
         log = recording(self.scalars.logger(f"{pruner.name}-{row['run_id']}"), extras)
@@ -367,40 +386,20 @@ def cache_of(plan: Plan) -> Cache:
     return Cache(None if not e.use_cache else Path(e.cache) if e.cache else default_root())
 
 
-def _data_fingerprint(data: Any) -> str:
-    import hashlib
-    import json
-
-    splits = [(s.text_a, s.text_b, s.labels) for s in (data.train, data.validation)]
-    blob = json.dumps([splits, data.label_names, data.metric, data.max_length, dict(data.protocol)], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def make_unit(plan: Plan, spec: UnitSpec, write: Callable[[Row], None], scalars: Scalars, cache: Cache) -> Unit:
     source = plan.models[spec.model]
     task, data = plan.tasks[spec.task]
-    identity = {"model": fingerprint_folder(source.location), "data": _data_fingerprint(data)}
+    identity = {"model": fingerprint_folder(source.location), "data": taskdata.fingerprint(data)}
     return Unit(plan, source, task, data, plan.adapters[spec.adapter], spec.seed, write, scalars, cache, identity)
+
+
+def metric_rows(row: Row, scores: dict[str, float]) -> list[Row]:
+    """One row per metric, alike but for ``metric`` and ``score``: the first keeps the cell's run id (it marks the
+    cell done), each other gets an id derived from it and its metric, so every row of a cell is a row of its own."""
+    return [{**row, "run_id": row["run_id"] if index == 0 else digest({"cell": row["run_id"], "metric": name}),
+             "metric": name, "score": round(value, 6)} for index, (name, value) in enumerate(scores.items())]
 
 
 def _rounded(value: Any) -> Any:
     """Extras as the row stores them: numbers to 6 decimals, anything else (a task's protocol) as it is."""
     return round(value, 6) if isinstance(value, float) else value
-
-
-def _kv_heads(model: Any) -> tuple[int, ...]:
-    """Key/value heads per layer of grouped attention (empty when not grouped, or no attention layout)."""
-    try:
-        return surgery.head_geometry(model).kv_heads_per_layer
-    except ValueError:
-        return ()
-
-
-def _zeros(expected: Any) -> Any:
-    """Zeros of the expected shapes as stride-0 views: a score-free pruner reads only shapes, and full tensors
-    would cost a float per weight (the size of the model again for weight pruning)."""
-    import torch
-
-    if isinstance(expected, dict):
-        return {name: torch.zeros(()).expand(tuple(shape)) for name, shape in expected.items()}
-    return torch.zeros(()).expand(tuple(expected))

@@ -16,8 +16,8 @@ model's. The row's achieved sparsity is measured on the validation data (the
 ``activation`` granularity); each layer's threshold is logged to ``extras``.
 
 The pruner ignores scores (``uses_scores=False``) and installs the thresholds
-in its own model copy (``updates_model=True``; its rows say
-``updates_weights`` although no weight moved). Its keep-mask says which layers
+in its own model copy (``updates_model=True``; the harness measures whether a
+kept weight moved, so its rows say ``updates_weights=False``). Its keep-mask says which layers
 stay dense: all ``True`` at sparsity 0, all ``False`` otherwise.
 """
 

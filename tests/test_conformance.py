@@ -29,6 +29,17 @@ def tiny_imdb(folder) -> None:
 LOCAL_COPIES = {"imdb": tiny_imdb}  # built-in tasks whose data ../shared/data does not hold
 
 
+def tiny_lm_eval(folder) -> dict:
+    """lm-eval evaluates the tasks a user names: two small local ones (SST-2 as JSONL, a task YAML each)."""
+    pytest.importorskip("lm_eval")
+    from test_lm_eval import TASKS, local_tasks
+
+    return {"tasks": ",".join(str(local_tasks(folder) / f"{name}.yaml") for name in TASKS)}
+
+
+LOCAL_OPTIONS = {"lm-eval": tiny_lm_eval}  # built-in tasks that need options to load anything
+
+
 @pytest.mark.parametrize("item", ITEMS, ids=conformance.item_id)
 def test_conformance(item, tmp_path) -> None:
     if item.role == "task":
@@ -36,7 +47,10 @@ def test_conformance(item, tmp_path) -> None:
         if item.record.name in LOCAL_COPIES and item.dist.startswith("prune-harness"):
             LOCAL_COPIES[item.record.name](tmp_path)
             local = tmp_path
-        request = TaskRequest(local, 0, dict(item.record.options))
+        options = dict(item.record.options)
+        if item.record.name in LOCAL_OPTIONS and item.dist.startswith("prune-harness"):
+            options.update(LOCAL_OPTIONS[item.record.name](tmp_path))
+        request = TaskRequest(local, 0, options)
         try:
             conformance.check_plugin(item.record, request=request)
         except UsageError as error:

@@ -170,6 +170,14 @@ def head_geometry(model: nn.Module) -> HeadGeometry:
     return HeadGeometry(tuple(heads), dims.pop(), tuple(kv_heads) if grouped else ())
 
 
+def kv_heads(model: nn.Module) -> tuple[int, ...]:
+    """Key/value heads per layer of grouped attention (empty when not grouped, or no attention layout)."""
+    try:
+        return head_geometry(model).kv_heads_per_layer
+    except ValueError:
+        return ()
+
+
 def config_geometry(config: object) -> HeadGeometry:
     """The geometry a config describes, without building the model (for checks before any work).
 
