@@ -22,9 +22,10 @@ MODELS = {"bert": conformance.tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama}
 
 
 def obs_by_hand(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, blocksize: int, percdamp: float,
-                pattern: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                pattern: tuple[int, int] | None = None, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT the slow way, in float64: for each column, the inverse Hessian of the columns not yet visited,
-    inverted explicitly; zeroing w_j moves the rest of the row by -(w_j / [H_F⁻¹]_00) [H_F⁻¹]_0,: (OBS)."""
+    inverted explicitly; zeroing w_j moves the rest of the row by -(w_j / [H_F⁻¹]_00) [H_F⁻¹]_0,: (OBS).
+    ``reference``: a block's mask as the reference code chooses it (saliency <= its int(n·sparsity)-th lowest)."""
     w, h = weight.double().clone(), gram.double().clone()
     rows, cols = w.shape
     h += percdamp * h.diagonal().mean() * torch.eye(cols, dtype=h.dtype)
@@ -41,6 +42,8 @@ def obs_by_hand(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, block
             saliency = (w[:, start:end] ** 2 / diag).flatten()
             chosen = torch.zeros(saliency.numel(), dtype=torch.bool)
             chosen[saliency.argsort()[:count]] = True
+            if reference:
+                chosen = saliency <= saliency.sort().values[int(saliency.numel() * sparsity)]
             pruned[:, start:end] = chosen.view(rows, end - start)
         for j in range(start, end):
             if pattern is not None and (j - start) % pattern[1] == 0:
@@ -71,6 +74,28 @@ def test_matches_a_direct_obs_reference_on_one_layer(pattern) -> None:
     assert torch.equal(keep, keep_ref)
     assert torch.allclose(rebuilt.double(), rebuilt_ref, atol=1e-4), (rebuilt.double() - rebuilt_ref).abs().max()
     assert int((~keep).sum()) == 48 and bool((rebuilt[~keep] == 0).all())
+
+
+def test_the_reference_count_removes_one_more_per_block_ties_included() -> None:
+    """``count=reference`` (the reference code, llmcompressor): saliency <= the int(n·p)-th lowest of each block."""
+    weight, x = layer_data()
+    gram = x.T @ x
+    keep, rebuilt = sparsegpt.reconstruct(weight, gram, 0.5, blocksize=8, percdamp=0.01, count="reference")
+    keep_ref, rebuilt_ref = obs_by_hand(weight, gram, 0.5, blocksize=8, percdamp=0.01, reference=True)
+    assert torch.equal(keep, keep_ref)
+    assert torch.allclose(rebuilt.double(), rebuilt_ref, atol=1e-4), (rebuilt.double() - rebuilt_ref).abs().max()
+    assert [int((~keep[:, i:i + 8]).sum()) for i in (0, 8)] == [25, 25]  # int(48 · 0.5) + 1 per block, not 24
+    tied = weight.clone()
+    tied[:4, 0] = 0.0  # 4 equal lowest saliencies in the first block; at sparsity 0.05 the threshold is one of them
+    keep, _ = sparsegpt.reconstruct(tied, gram, 0.05, blocksize=8, count="reference")
+    assert int((~keep[:, :8]).sum()) == 4 and not bool(keep[:4, 0].any())
+    keep, _ = sparsegpt.reconstruct(tied, gram, 0.05, blocksize=8)
+    assert int((~keep[:, :8]).sum()) == 2  # exact: round(0.05 · 48) = 2 of the block
+    masks = masks_of(tiny_llama(), 0.5, count="reference")
+    exact = masks_of(tiny_llama(), 0.5)
+    assert all(int((~masks[n]).sum()) > int((~exact[n]).sum()) == round(0.5 * exact[n].numel()) for n in exact)
+    with pytest.raises(ValueError, match="count must be 'exact' or 'reference'"):
+        sparsegpt.SparseGPTOptions.of({"count": "more"})
 
 
 def test_a_fixed_mask_is_only_reconstructed() -> None:
