@@ -57,12 +57,19 @@ COLUMNS = (
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """An exclusive lock on the leaderboard's folder itself: writers exclude each other and no lock file is left
+    beside the results (a lock file removed after use would race with a writer that opened it)."""
+    import os
+
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 INTEGER_COLUMNS = ("heads_kept", "heads_total", "seed", "params", "nonzero_params", "trainable_params")

@@ -28,6 +28,7 @@ def test_concurrent_writers_keep_every_row(tmp_path: Path) -> None:
     assert tuple(frame.columns) == leaderboard.COLUMNS
     assert sorted(frame["run_id"]) == sorted(f"{w}-{i}" for w in range(4) for i in range(15))
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
+    assert [p.name for p in tmp_path.iterdir()] == ["leaderboard.csv"], "no lock file either: the folder is locked"
 
 
 def test_rows_keep_column_order_and_values(tmp_path: Path) -> None:
