@@ -2,7 +2,8 @@
 
 ``harness.run(...)`` runs a grid from Python. Plugins need only this package's public names: ``hookimpl``, the records in
 :mod:`harness.records`, typed options (``Options``, ``option``), head surgery
-in :mod:`harness.surgery` and the loss helpers in :mod:`harness.modeling`.
+in :mod:`harness.surgery`, the loss helpers in :mod:`harness.modeling` and
+:mod:`harness.progress` (announce a long phase: ``with progress.phase(name, total) as step``).
 Nothing heavy is imported here.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import pluggy
 
+from harness import progress
 from harness.options import Options, option
 from harness.records import (
     Adapter,
@@ -56,5 +58,6 @@ __all__ = [
     "TrainResult",
     "hookimpl",
     "option",
+    "progress",
     "run",
 ]

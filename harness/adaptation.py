@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from harness import surgery
+from harness import progress, surgery
 from harness.records import Adapter, TaskData, TrainRequest
 
 if TYPE_CHECKING:
@@ -81,13 +81,19 @@ def row_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def recover(adapter: Adapter, request: TrainRequest, held: Mapping[str, torch.Tensor],
             data: TaskData) -> tuple[nn.Module, dict[str, float], tuple[str, ...]]:
-    """Train a pruned model with a recovery adapter, ``held`` weights kept at zero; its cost as extras, and flags."""
+    """Train a pruned model with a recovery adapter, ``held`` weights kept at zero; its cost as extras, and flags.
+
+    Announced as the phase ``recovery (ADAPTER)``, a step per training batch taken.
+    """
+    import dataclasses
     import time
 
-    start = time.perf_counter()
-    with surgery.hold_weight_masks(request.model, held):
-        result = adapter.train(request)
-    seconds = time.perf_counter() - start
+    with progress.phase(f"recovery ({adapter.name})", total=request.steps) as step:
+        request = dataclasses.replace(request, batches=progress.ticking(request.batches, step))
+        start = time.perf_counter()
+        with surgery.hold_weight_masks(request.model, held):
+            result = adapter.train(request)
+        seconds = time.perf_counter() - start
     recovered = result.model.eval()
     if held:  # a merged low-rank update is dense: mask once more
         surgery.apply_weight_masks(recovered, held)

@@ -42,11 +42,18 @@ class Result:
     def ok(self) -> bool:
         return self.failed.empty
 
+    def cell_count(self, rows: Any) -> int:
+        """Cells, not rows: a cell scored by an external suite writes one row per metric."""
+        from harness.leaderboard import AGGREGATE_KEYS
+
+        keys = [k for k in (*AGGREGATE_KEYS, "seed") if k != "metric" and k in rows]
+        return int(len(rows.astype("string").drop_duplicates(subset=keys))) if len(rows) else 0
+
     def summary(self) -> str:
         """The run in two lines: cells ok/failed/skipped, and fine-tunes and scoring passes run/cached."""
         c = self.counts
-        failed = len(self.failed)
-        text = (f"{len(self.rows) - failed} ok, {failed} failed, {c.get('cells_skipped', 0)} already done; "
+        failed = self.cell_count(self.failed)
+        text = (f"{self.cell_count(self.rows) - failed} ok, {failed} failed, {c.get('cells_skipped', 0)} already done; "
                 f"fine-tunes run {c.get('fine_tunes_run', 0)} (cached {c.get('models_hit', 0)}), "
                 f"scoring passes run {c.get('scoring_runs', 0)} (cached {c.get('scores_hit', 0)})")
         if c.get("corrupt_entries"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from harness import progress
 from harness.planning import Plan
 from harness.records import Pruner, Scorer
 from harness.schedules import ONE_SHOT, steps_of
@@ -57,9 +58,10 @@ DENSE = Cell()
 
 
 class Reporter(Protocol):
-    """What a unit tells whoever runs it: the work it starts (and the cells that depend on it), and progress."""
+    """What a unit tells whoever runs it: the work it starts (and the cells that depend on it; ``cell``: the step
+    is a cell, timed for the ETA), and each cell done (``tick("")``: all of the unit's at once, none timed)."""
 
-    def phase(self, label: str, rows: list[Row]) -> None: ...
+    def phase(self, label: str, rows: list[Row], cell: bool = False) -> None: ...
 
     def tick(self, label: str) -> None: ...
 
@@ -67,7 +69,7 @@ class Reporter(Protocol):
 class Silent:
     """A reporter that tells no one (Ray workers)."""
 
-    def phase(self, label: str, rows: list[Row]) -> None:
+    def phase(self, label: str, rows: list[Row], cell: bool = False) -> None:
         pass
 
     def tick(self, label: str) -> None:
@@ -106,6 +108,12 @@ def unit_cells(unit: Unit, done: set[str]) -> list[Cell]:
     return [cell for cell in plan_cells(unit.plan) if unit.row(cell)["run_id"] not in done]
 
 
+def unit_label(unit: Unit) -> str:
+    """Which unit, for people: model (its last path part), task, adapter when the grid has several, seed."""
+    adapter = [unit.adapter.name] if len(unit.plan.adapters) > 1 else []
+    return " · ".join([unit.source.name.rstrip("/").split("/")[-1], unit.task.name, *adapter, f"seed {unit.seed}"])
+
+
 def run_unit(unit: Unit, done: set[str], report: Reporter, failed: frozenset[str] = frozenset()) -> None:
     """Every cell of one unit not in ``done`` (counted as skipped) or ``failed`` (this run's lost cells)."""
     todo = unit_cells(unit, done | failed)
@@ -113,12 +121,18 @@ def run_unit(unit: Unit, done: set[str], report: Reporter, failed: frozenset[str
     if not todo:
         report.tick("")
         return
+    with progress.phase(unit_label(unit)):
+        _run_todo(unit, todo, report)
+
+
+def _run_todo(unit: Unit, todo: list[Cell], report: Reporter) -> None:
     report.phase("fine-tune", [unit.row(cell) for cell in todo])
     try:
         unit.prepare()
         if todo[0] == DENSE:
-            report.phase("dense", [unit.row(DENSE)])
-            write_rows(unit, unit.dense())
+            report.phase("dense", [unit.row(DENSE)], cell=True)
+            with progress.phase("dense"):
+                write_rows(unit, unit.dense())
     except (Exception, SystemExit) as error:  # the dense model failed: every cell of the unit depends on it
         for cell in todo:
             unit.write(unit.error_row(cell, error))
@@ -148,11 +162,13 @@ def _run_cells(unit: Unit, todo: list[Cell], report: Reporter) -> None:
             except (Exception, SystemExit) as error:
                 computed[key] = error
         outcome = computed[key]
-        report.phase(cell.label(), [unit.row(cell)])
+        report.phase(cell.label(), [unit.row(cell)], cell=True)
         try:
             if isinstance(outcome, BaseException):
                 raise outcome
-            write_rows(unit, unit.pruned(cell, outcome))
+            with progress.phase(cell.label()):
+                rows = unit.pruned(cell, outcome)
+            write_rows(unit, rows)
         except (Exception, SystemExit) as error:
             unit.write(unit.error_row(cell, error))
         report.tick(cell.label())

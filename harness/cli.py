@@ -110,9 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list installed plugins: role, name, distribution")
     listing.add_argument("--options", action="store_true",
                          help="under each plugin, its options: name, type, default, choices or range, help")
-    report = commands.add_parser("report", help="Markdown + HTML leaderboard and PNG plots from a bench output folder")
-    report.add_argument("out", type=Path, help="the --out folder of a bench run")
-    report.add_argument("--to", type=Path, default=None, help="where to write (default: OUT/report)")
+    report = commands.add_parser(
+        "report", help="Markdown + interactive HTML leaderboard and PNG plots from a bench output folder",
+        description="Write report.md (PNG plots faceted by granularity), report.html (one self-contained page: "
+        "sortable, filterable table and plots that name a point on hover; no server, no network) and the PNGs.",
+        epilog="examples: harness report runs/sst2 (writes runs/sst2/report/); harness report "
+        "leaderboards/minilm-sst2-all.csv (writes leaderboards/minilm-sst2-all/); harness report --index "
+        "leaderboards (rebuilds every leaderboard's report there and writes leaderboards/index.html)")
+    report.add_argument("out", type=Path, nargs="?", default=None,
+                        help="the --out folder of a bench run, or a leaderboard CSV file")
+    report.add_argument("--to", type=Path, default=None,
+                        help="where to write (default: OUT/report, or NAME/ beside NAME.csv)")
+    report.add_argument("--index", type=Path, default=None, metavar="FOLDER",
+                        help="rebuild the report of every leaderboard CSV in FOLDER (into FOLDER/NAME/) and write "
+                        "FOLDER/index.html linking them, one summary line each (model, task, methods, best method "
+                        "at each sparsity)")
     return parser
 
 
@@ -191,6 +203,14 @@ def cmd_list(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
 def cmd_report(args: argparse.Namespace, extra: Sequence[object] = ()) -> int:
     from harness import report
 
+    if args.index is not None:
+        if args.out is not None or args.to is not None:
+            raise UsageError("report --index FOLDER takes no OUT and no --to: it reports every CSV in FOLDER")
+        page = report.build_index(args.index)
+        print(f"index: {page}")
+        return 0
+    if args.out is None:
+        raise UsageError("report needs OUT (a bench --out folder or a leaderboard CSV) or --index FOLDER")
     folder = report.build(args.out, args.to)
     print(f"report: {folder / 'report.md'}, {folder / 'report.html'} and {len(list(folder.glob('*.png')))} plots")
     return 0

@@ -1,42 +1,58 @@
-"""Task data: loading tables (local files or the hub) with ``datasets``, task files, batches, metrics."""
+"""Task data: loading tables (local files or the hub) with ``datasets``, and the tasks task files describe."""
 
 from __future__ import annotations
 
 import csv
 import difflib
-import json
-import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Sequence
 
+from harness import task_files
 from harness.errors import UsageError
-from harness.records import METRICS, Split, Task, TaskData, TaskRequest
+from harness.records import Split, Task, TaskData, TaskRequest
 
-if TYPE_CHECKING:
-    pass
+_BUILDERS: dict[str, tuple[str, dict[str, Any]]] = {  # a task file's format: -> the datasets builder and its options
+    "csv": ("csv", {}),
+    "tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
+    "json": ("json", {}),
+    "jsonl": ("json", {}),
+}
+_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl"}
+# A byte-order mark, and one decoded as Latin-1/cp1252 then saved again as UTF-8 (an Excel or Windows round trip).
+_BOMS = ("\ufeff", "\u00ef\u00bb\u00bf")
 
-_FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json"}
-TASK_FILE_FIELDS = (
-    "name", "kind", "train", "validation", "validation_fraction", "split_seed", "text_columns", "label_column",
-    "label_names", "metric", "max_length", "column_names", "train_steps",
-)
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+def strip_bom(text: str) -> str:
+    """``text`` without the byte-order marks (plain or double-encoded) a Windows round trip leaves at its start."""
+    while text.startswith(_BOMS):
+        text = text.removeprefix(_BOMS[0]).removeprefix(_BOMS[1])
+    return text
 
 
-def read_rows(path: Path, column_names: Sequence[str] | None = None) -> Any:
+def table_format(path: Path, fmt: str | None = None) -> str:
+    """How to read ``path``: ``fmt`` (a task file's ``format:``), else its suffix."""
+    if fmt is not None:
+        if fmt not in _BUILDERS:
+            raise UsageError(f"{path}: format {fmt!r} is not one of {', '.join(_BUILDERS)}")
+        return fmt
+    if path.suffix.lower() not in _SUFFIXES:
+        raise UsageError(f"{path}: cannot tell a table's format from the name {path.name!r}: add format: "
+                         f"({', '.join(_BUILDERS)}) to the task file, or name it .csv, .tsv, .json or .jsonl")
+    return _SUFFIXES[path.suffix.lower()]
+
+
+def read_rows(path: Path, column_names: Sequence[str] | None = None, fmt: str | None = None) -> Any:
     """A local CSV/TSV/JSON(L) file as a ``datasets.Dataset``; TSV is read without quoting.
 
-    ``datasets`` keeps an Arrow copy of every file it reads: it goes under the
-    harness cache (``$HARNESS_CACHE/datasets``), not ``~/.cache/huggingface``.
+    ``fmt`` (csv, tsv, json, jsonl) overrides the suffix, so a tab-separated
+    ``.txt`` reads as ``tsv``. A byte-order mark on the header is dropped from the
+    first column's name. ``datasets`` keeps an Arrow copy of every file it reads:
+    it goes under the harness cache (``$HARNESS_CACHE/datasets``), not ``~/.cache/huggingface``.
     """
     if not path.is_file():
         raise UsageError(f"data file not found: {path}")
-    builder = _FORMATS.get(path.suffix.lower())
-    if builder is None:
-        raise UsageError(f"{path}: unsupported data format (use .tsv, .csv, .json or .jsonl)")
-    kwargs: dict[str, Any] = {}
-    if path.suffix.lower() == ".tsv":
-        kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+    builder, options = _BUILDERS[table_format(path, fmt)]
+    kwargs = dict(options)
     if column_names and builder == "csv":
         kwargs.update(header=None, names=list(column_names))
     import datasets
@@ -47,9 +63,22 @@ def read_rows(path: Path, column_names: Sequence[str] | None = None) -> Any:
     datasets.logging.set_verbosity_error()
     cache = default_root() / "datasets"  # Arrow copies of the user's files belong with the harness's cache
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=str(cache), **kwargs)
+        rows = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=str(cache), **kwargs)
     except Exception as error:  # datasets wraps parser errors in several types
         raise UsageError(f"{path}: cannot read ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    first = rows.column_names[0] if rows.column_names else ""
+    clean = strip_bom(first)
+    if clean != first and clean and clean not in rows.column_names:
+        rows = rows.rename_column(first, clean)
+    return rows
+
+
+def missing_column(where: str, column: str, columns: Sequence[str]) -> UsageError:
+    """The error for a column a table lacks, naming the closest one it has (case aside): typos are the usual cause."""
+    lowered = {str(c).lower(): str(c) for c in columns}
+    close = difflib.get_close_matches(column.lower(), list(lowered), n=1)
+    hint = f"did you mean {lowered[close[0]]!r}? " if close else ""
+    return UsageError(f"{where}: no column {column!r} ({hint}columns: {', '.join(map(str, columns))})")
 
 
 def to_split(
@@ -62,7 +91,7 @@ def to_split(
     """Rows to a :class:`Split`; labels may be integers or the label names themselves."""
     for column in (*text_columns, label_column):
         if column not in rows.column_names:
-            raise UsageError(f"{where}: no column {column!r} (columns: {', '.join(rows.column_names)})")
+            raise missing_column(where, column, rows.column_names)
     index = {str(name): i for i, name in enumerate(label_names)}
     labels = []
     for value in rows[label_column]:
@@ -116,108 +145,67 @@ def load_hub_task(
     return TaskData(splits[0], splits[1], tuple(label_names), metric, max_length)
 
 
+def _take(split: Split, idx: Sequence[int]) -> Split:
+    """The examples of ``split`` at ``idx``, in that order (text pairs and labels kept together)."""
+    text_b = tuple(split.text_b[i] for i in idx) if split.text_b is not None else None
+    labels = tuple(split.labels[i] for i in idx) if split.labels else ()
+    return Split(tuple(split.text_a[i] for i in idx), labels, text_b)
+
+
 def _stratified(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     from sklearn.model_selection import train_test_split
 
     train_idx, val_idx = train_test_split(
         list(range(len(split))), test_size=fraction, random_state=seed, stratify=list(split.labels) or None
     )
-
-    def take(idx: list[int]) -> Split:
-        text_b = tuple(split.text_b[i] for i in idx) if split.text_b is not None else None
-        labels = tuple(split.labels[i] for i in idx) if split.labels else ()
-        return Split(tuple(split.text_a[i] for i in idx), labels, text_b)
-
-    return take(train_idx), take(val_idx)
+    return _take(split, train_idx), _take(split, val_idx)
 
 
-def _yaml_without_booleans(text: str) -> Any:
-    """YAML 1.1 reads label names such as ``no``/``yes`` as booleans: keep them as strings."""
-    import yaml
+def cap_split(split: Split, limit: int, seed: int) -> tuple[Split, str]:
+    """At most ``limit`` examples of ``split`` (kept in their order) and how they were drawn, for the protocol.
 
-    class Loader(yaml.SafeLoader):
-        pass
+    Labelled: a seeded sample stratified by label (scikit-learn; each class's
+    count within one of its share). Unlabelled, or too few of a class to
+    stratify: the first ``limit`` after a seeded shuffle.
+    """
+    total = len(split)
+    if total <= limit:
+        return split, f"all {total} (no more than max_train_examples)"
+    kept: list[int] = []
+    if split.labels:
+        from sklearn.model_selection import train_test_split
 
-    Loader.yaml_implicit_resolvers = {
-        key: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
-        for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+        try:
+            kept = train_test_split(list(range(total)), train_size=limit, random_state=seed,
+                                    stratify=list(split.labels))[0]
+        except ValueError:  # a class of one, or fewer kept or left out than there are classes
+            pass
+    how = "stratified by label" if kept else "seeded shuffle"
+    if not kept:
+        import numpy as np
 
-
-def _check_fields(path: Path, spec: Mapping[Any, Any]) -> None:
-    """A misspelled field (``metrc``) would silently fall back to its default: name it and the closest field."""
-    for key in spec:
-        if key not in TASK_FILE_FIELDS:
-            close = difflib.get_close_matches(str(key), TASK_FILE_FIELDS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"fields: {', '.join(TASK_FILE_FIELDS)}"
-            raise UsageError(f"{path}: unknown field {key!r} ({hint})")
-
-
-def task_name(path: Path, spec: Mapping[str, Any]) -> str:
-    """The task's name (``name``, else the file's stem), a slug: it labels rows and names output files."""
-    name = str(spec.get("name", path.stem))
-    if not _SAFE_NAME.fullmatch(name) or ".." in name:
-        where = "" if "name" in spec else " (from the file name; give a name: field)"
-        raise UsageError(f"{path}: task name {name!r}{where} must start with a letter or digit and hold only "
-                         "letters, digits, '.', '_' and '-' (no '..')")
-    return name
+        kept = np.random.default_rng(seed).permutation(total)[:limit].tolist()
+        how += " (too few examples of a class to stratify)" if split.labels else ""
+    return _take(split, sorted(kept)), f"{limit} of {total}, {how}, split_seed {seed}"
 
 
-def _task_file_spec(path: Path) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise UsageError(f"task file not found: {path}")
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            spec = _yaml_without_booleans(path.read_text())
-        else:
-            spec = json.loads(path.read_text())
-    except Exception as error:
-        raise UsageError(f"{path}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
-    if not isinstance(spec, dict):
-        raise UsageError(f"{path}: a task file holds a mapping of fields")
-    _check_fields(path, spec)
-    if spec.get("kind", "classification") not in ("classification", "causal-lm"):
-        raise UsageError(f"{path}: kind must be classification or causal-lm")
-    if spec.get("kind") == "causal-lm":
-        spec.setdefault("metric", "perplexity")
-        spec.setdefault("text_columns", ["text"])
-        required: tuple[str, ...] = ("train",)
-    else:
-        required = ("train", "text_columns", "label_column", "label_names")
-    missing = [k for k in required if k not in spec]
-    if missing:
-        raise UsageError(f"{path}: missing field(s) {', '.join(missing)}")
-    if "validation" not in spec and "validation_fraction" not in spec:
-        raise UsageError(f"{path}: give either validation (a file) or validation_fraction")
-    if spec.get("metric", "accuracy") not in METRICS:
-        raise UsageError(f"{path}: metric must be one of {', '.join(METRICS)}")
-    if (spec.get("kind") == "causal-lm") != (spec.get("metric") == "perplexity"):
-        raise UsageError(f"{path}: perplexity is the metric of causal-lm tasks, and theirs only")
-    columns = spec["text_columns"]
-    if isinstance(columns, str):
-        spec["text_columns"] = [columns]
-    elif not (isinstance(columns, list) and 1 <= len(columns) <= 2):
-        raise UsageError(f"{path}: text_columns takes one or two column names")
-    if spec.get("kind") == "causal-lm" and len(spec["text_columns"]) != 1:
-        raise UsageError(f"{path}: a causal-lm task reads one text column")
-    return spec
-
-
-def read_texts(path: Path, column: str = "text", column_names: Sequence[str] | None = None) -> Split:
+def read_texts(
+    path: Path, column: str = "text", column_names: Sequence[str] | None = None, fmt: str | None = None
+) -> Split:
     """Unlabelled texts for language modelling: paragraphs of a plain-text file, or one column of a table.
 
-    A ``.txt``/``.md`` file is split at blank lines (a file without any splits at lines).
+    A file is a table when ``fmt`` is given or its suffix is a table's; any other
+    file is split at blank lines (a file without any at lines), a byte-order mark dropped.
     """
     if not path.is_file():
         raise UsageError(f"text file not found: {path}")
-    if path.suffix.lower() in _FORMATS:
-        rows = read_rows(path, column_names)
+    if fmt is not None or path.suffix.lower() in _SUFFIXES:
+        rows = read_rows(path, column_names, fmt)
         if column not in rows.column_names:
-            raise UsageError(f"{path}: no column {column!r} (columns: {', '.join(rows.column_names)})")
+            raise missing_column(str(path), column, rows.column_names)
         texts = [str(t) for t in rows[column] if t is not None and str(t).strip()]
     else:
-        raw = path.read_text(encoding="utf-8")
+        raw = strip_bom(path.read_text(encoding="utf-8"))
         pieces = raw.split("\n\n") if "\n\n" in raw.strip() else raw.splitlines()
         texts = [p.strip() for p in pieces if p.strip()]
     if not texts:
@@ -226,31 +214,38 @@ def read_texts(path: Path, column: str = "text", column_names: Sequence[str] | N
 
 
 def load_task_file(path: Path) -> Task:
-    """A classification or causal-LM task described by a YAML/JSON file (paths relative to it)."""
-    spec = _task_file_spec(path)
-    base = path.parent
+    """A classification or causal-LM task described by a YAML/JSON file (paths relative to it).
 
+    The file is checked now (plan time, see :mod:`harness.task_files`); its tables are read when the task loads.
+    """
+    spec = task_files.read_spec(path)
     language = spec.get("kind") == "causal-lm"
+    written, names = task_files.label_order(spec)
+    fmt = spec.get("format")
 
-    def read(name: str) -> Split:
-        file = (base / spec[name]).resolve()
+    def read(key: str) -> Split:
+        file = (path.parent / spec[key]).resolve()
         if language:
-            return read_texts(file, spec["text_columns"][0], spec.get("column_names"))
-        rows = read_rows(file, spec.get("column_names"))
-        return to_split(rows, spec["text_columns"], spec["label_column"], [str(n) for n in spec["label_names"]], str(file))
+            return read_texts(file, spec["text_columns"][0], spec.get("column_names"), fmt)
+        rows = read_rows(file, spec.get("column_names"), fmt)
+        split = to_split(rows, spec["text_columns"], spec["label_column"], written, str(file))
+        return task_files.reorder_labels(split, written, names)
 
     def load(request: TaskRequest) -> TaskData:
+        seed = int(spec.get("split_seed", 0))
         train = read("train")
         if "validation" in spec:
             validation = read("validation")
         else:
-            train, validation = _stratified(train, float(spec["validation_fraction"]), int(spec.get("split_seed", 0)))
-        names = tuple(str(n) for n in spec.get("label_names", ()))
+            train, validation = _stratified(train, float(spec["validation_fraction"]), seed)
+        protocol = task_files.protocol(spec)
+        if "max_train_examples" in spec:  # after the validation split: the cap leaves validation as it was
+            train, protocol["train_subsample"] = cap_split(train, int(spec["max_train_examples"]), seed)
         steps = int(spec["train_steps"]) if "train_steps" in spec else None
         return TaskData(train, validation, names, spec.get("metric", "accuracy"), int(spec.get("max_length", 128)),
-                        steps, "causal-lm" if language else "classification")
+                        steps, "causal-lm" if language else "classification", protocol)
 
-    return Task(name=task_name(path, spec), load=load, description=f"task file {path}")
+    return Task(name=task_files.task_name(path, spec), load=load, description=f"task file {path}")
 
 
 def fingerprint(data: Any) -> str:

@@ -6,14 +6,17 @@ can hang; a fresh interpreter per unit would pay seconds of imports), and gets
 the parent's environment. It tells the parent, before each step, which cells
 depend on it: the fine-tune (all of the unit's), a scoring pass (the cells
 that use those scores), a cell (itself). Rows come back over a pipe and the
-parent writes them. If the child dies (a signal, ``os._exit``, an uncaught
-``SystemExit``) or a step outlasts ``--cell-timeout``, the parent writes error
+parent writes them; so do the phases it announces (:mod:`harness.progress`),
+at most every half second but for starts and ends, when the parent listens.
+If the child dies (a signal, ``os._exit``, an uncaught ``SystemExit``) or a
+step outlasts ``--cell-timeout`` (phase updates do not reset it), the parent writes error
 rows saying what happened for the cells of that step only, and starts a new
 child for the rest of the unit (the fine-tune comes from the cache).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -21,6 +24,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from harness import progress
 from harness.cache import Cache
 from harness.errors import UsageError
 from harness.planning import Plan
@@ -52,13 +56,16 @@ def check_picklable(plan: Plan) -> None:
 
 
 class _Pipe:
-    """The child's reporter: every phase, row and tick goes to the parent."""
+    """The child's reporter: every step, row and tick goes to the parent, and the phases it listens to."""
 
     def __init__(self, conn: Any, cache: Cache) -> None:
         self.conn, self.cache = conn, cache
 
-    def phase(self, label: str, rows: list[Row]) -> None:
-        self.conn.send(("phase", label, rows, dict(self.cache.counts)))
+    def phase(self, label: str, rows: list[Row], cell: bool = False) -> None:
+        self.conn.send(("phase", label, rows, dict(self.cache.counts), cell))
+
+    def progress(self, event: progress.Event, phases: tuple[progress.Phase, ...]) -> None:
+        self.conn.send(("progress", event, phases))
 
     def tick(self, label: str) -> None:
         self.conn.send(("tick", label))
@@ -106,10 +113,11 @@ def changed_code(plan: Plan, core: str) -> list[str]:
 
 
 def child_main(conn: Any, plan: Plan, spec: Any, skip: frozenset[str], root: Any, threads: int | None, core: str,
-               environ: dict[str, str], streams: tuple[int, int]) -> None:
+               environ: dict[str, str], streams: tuple[int, int], listen: bool = False) -> None:
     """A child's whole life: the unit's cells not in ``skip``, then its cache counters and an end message.
 
-    (The parent counts the cells that were already done; the child skips them silently.)
+    (The parent counts the cells that were already done; the child skips them silently.) ``listen``: the
+    parent shows phases, so the child sends them (throttled).
     """
     os.setsid()  # its own process group: stopping it stops whatever a plugin started too
     _adopt(streams)
@@ -131,7 +139,8 @@ def child_main(conn: Any, plan: Plan, spec: Any, skip: frozenset[str], root: Any
     pipe = _Pipe(conn, cache)
     scalars = Scalars(plan.config.execution.tensorboard)
     try:
-        run(make_unit(plan, spec, pipe.row, scalars, cache), set(), pipe, skip)
+        with progress.listening(progress.throttled(pipe.progress)) if listen else contextlib.nullcontext():
+            run(make_unit(plan, spec, pipe.row, scalars, cache), set(), pipe, skip)
     finally:
         scalars.close()
     conn.send(("end", dict(cache.counts)))
@@ -160,19 +169,23 @@ class _Attempt:
     aborted: str = ""  # why the child refused to start
 
 
-def _handle(message: tuple, attempt: _Attempt, write: Callable[[Row], None], written: set[str], bar: Any,
-            cells: int) -> None:
+def _handle(message: tuple, attempt: _Attempt, write: Callable[[Row], None], written: set[str], display: Any,
+            unit: Any) -> None:
+    from harness.cells import unit_label
+
     kind = message[0]
-    if kind == "phase":
-        _, attempt.label, rows, attempt.counts = message
+    if kind == "progress":  # not a step: the step's timeout runs on
+        progress.relay(message[1], message[2])
+    elif kind == "phase":
+        _, attempt.label, rows, attempt.counts, cell = message
         attempt.pending = [row for row in rows if row["run_id"] not in written]
         attempt.started = time.monotonic()
-        bar.set_description(attempt.label)
+        display.step(f"{unit_label(unit)}: {attempt.label}", cell)
     elif kind == "row":
         write(message[1])
         written.add(str(message[1]["run_id"]))
     elif kind == "tick":
-        bar.update(cells if message[1] == "" else 1)
+        display.ticked(unit.plan.cells_per_unit() if message[1] == "" else 1, cell=message[1] != "")
     elif kind == "end":
         attempt.counts, attempt.ended = message[1], True
     elif kind == "abort":
@@ -180,9 +193,9 @@ def _handle(message: tuple, attempt: _Attempt, write: Callable[[Row], None], wri
 
 
 def _watch(process: Any, conn: Any, attempt: _Attempt, write: Callable[[Row], None], written: set[str],
-           bar: Any, plan: Plan) -> str | None:
+           display: Any, unit: Any) -> str | None:
     """Relay the child's messages until it ends; why it failed (None when it finished its unit)."""
-    timeout = plan.config.execution.cell_timeout
+    timeout = unit.plan.config.execution.cell_timeout
     while True:
         if conn.poll(POLL_S):
             try:
@@ -190,18 +203,18 @@ def _watch(process: Any, conn: Any, attempt: _Attempt, write: Callable[[Row], No
             except (EOFError, OSError):  # the child is gone; its exit code says how
                 process.join()
                 return None if attempt.ended else attempt.aborted or _death(process)
-            _handle(message, attempt, write, written, bar, plan.cells_per_unit())
+            _handle(message, attempt, write, written, display, unit)
             if attempt.ended:
                 process.join()
                 return None
         elif not process.is_alive():
             while conn.poll(0):
                 try:
-                    _handle(conn.recv(), attempt, write, written, bar, plan.cells_per_unit())
+                    _handle(conn.recv(), attempt, write, written, display, unit)
                 except (EOFError, OSError):
                     break
             return None if attempt.ended else attempt.aborted or _death(process)
-        elif timeout and time.monotonic() - attempt.started > timeout:
+        if timeout and time.monotonic() - attempt.started > timeout:  # also while phase updates keep coming
             _stop(process)
             return f"timed out after {timeout:g} s"
 
@@ -235,14 +248,17 @@ def _start(plan: Plan, spec: Any, skip: set[str], cache: Cache) -> tuple[Any, An
     threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     process = context.Process(target=child_main, name=f"harness-unit-seed{spec.seed}",
                               args=(send, shippable(plan), spec, frozenset(skip), cache.root, threads,
-                                    identity.core_code(), dict(os.environ), (_Fd(1), _Fd(2))))
+                                    identity.core_code(), dict(os.environ), (_Fd(1), _Fd(2)), progress.active()))
     process.start()
     send.close()  # the parent keeps only its reading end, so EOF means the child is gone
     return process, receive
 
 
-def run_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None], bar: Any, cache: Cache) -> None:
-    """One unit in child processes: a new child after each failed step, until every cell has a row."""
+def run_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None], display: Any, cache: Cache) -> None:
+    """One unit in child processes: a new child after each failed step, until every cell has a row.
+
+    ``display`` (:class:`harness.executor.Display`) hears of each step (``step``) and finished cells (``ticked``).
+    """
     from harness.cells import unit_cells
     from harness.tensorboard import Scalars
     from harness.unit import make_unit
@@ -255,7 +271,7 @@ def run_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None]
         attempt = _Attempt()
         process, conn = _start(plan, spec, done | failed | written, cache)
         try:
-            why = _watch(process, conn, attempt, write, written, bar, plan)
+            why = _watch(process, conn, attempt, write, written, display, unit)
         finally:
             conn.close()
             _stop(process)  # also after a normal end: a plugin's stray subprocesses do not outlive the unit
@@ -268,4 +284,4 @@ def run_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None]
         for row in lost:
             write({**row, "status": "error", "error": f"{why} (during {attempt.label})"})
             failed.add(str(row["run_id"]))
-        bar.update(len(lost))
+        display.ticked(len(lost), cell=False)

@@ -32,6 +32,7 @@ COLUMNS = (
     "seed",
     "metric",
     "score",
+    "chance",
     "params",
     "nonzero_params",
     "gflops",
@@ -159,6 +160,8 @@ def _missing(value: Any) -> bool:
 
 def summary(frame: Any) -> str:
     """Mean score (and mean speedup) per method and sparsity, over seeds (newest row per cell), as readable text."""
+    import pandas as pd
+
     frame = current(frame)
     ok = frame[frame["status"] == "ok"]
     if ok.empty:
@@ -170,6 +173,10 @@ def summary(frame: Any) -> str:
         speed = group.pivot_table(index="method", columns="sparsity", values="speedup", aggfunc="mean")
         parts.append(f"{model} × {task} ({adapter}), {metric} by sparsity (mean over seeds):")
         parts.append(table.to_string(float_format=lambda v: f"{v:.4f}"))
+        reference = pd.to_numeric(group["chance"], errors="coerce").dropna() if "chance" in group else []
+        if len(reference):
+            parts.append(f"chance ({'unigram model' if metric == 'perplexity' else 'best constant guess'}): "
+                         f"{float(reference.iloc[0]):.4f}; rows at or below it are flagged at-chance")
         parts.append("speedup vs dense (measured):")
         parts.append(speed.to_string(float_format=lambda v: f"{v:.2f}x"))
     return "\n".join(parts)
@@ -188,6 +195,11 @@ def flag_counts(frame: Any) -> dict[str, int]:
         return {}
     counts = Counter(flag for text in text_column(frame["flags"]) for flag in text.split(";") if flag)
     return dict(sorted(counts.items()))
+
+
+def _flag_names(flags: Any) -> str:
+    """The distinct flags of a group's rows, so a table names what is wrong instead of counting it."""
+    return ";".join(sorted({flag for text in text_column(flags) for flag in text.split(";") if flag}))
 
 
 AGGREGATE_KEYS = (
@@ -236,6 +248,8 @@ def aggregate(frame: Any) -> Any:
         speedup_mean=("speedup", "mean"),
         speedup_sd=("speedup", "std"),
         flagged=("flags", lambda flags: int((text_column(flags) != "").sum())),
+        flag_names=("flags", _flag_names),
+        chance=("chance", "first"),
     ).reset_index()
     dense = table[(table["scorer"] == "none") & (table["pruner"] == "none")]
     dense = dense[["model", "task", "adapter", "metric", "score_mean", "score_sd"]].rename(

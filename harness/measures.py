@@ -55,6 +55,20 @@ def compare_latency_ms(
     return [statistics.median(t) for t in times]
 
 
+def dense_and_pruned_ms(dense: nn.Module, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Latency (ms) of the dense model and of ``model`` (timed in alternation), as the progress phase ``latency
+    timing``: one step, announced when done, so no progress hook runs inside the timed passes."""
+    from harness import progress
+
+    with progress.phase("latency timing", total=1) as step:
+        if model is dense:
+            reference = latency = measure_latency_ms(model, inputs)
+        else:
+            reference, latency = compare_latency_ms([dense, model], inputs)
+        step()
+    return reference, latency
+
+
 def forward_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
     """Theoretical FLOPs of one forward pass: every linear layer plus attention's two matmuls.
 

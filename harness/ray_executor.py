@@ -5,6 +5,10 @@ distribution. The plan is put in the object store once. A unit whose worker
 dies is retried (``--retries``); when retries run out its cells become error
 rows and the grid goes on. The same grid gives the same rows as the local
 executor: same run ids, same cached fine-tunes and scores.
+
+Progress: the cells bar moves as units finish. Phases announced in workers
+(:mod:`harness.progress`) are not shown: nothing listens there, so they cost
+nothing, and the ETA is tqdm's own (units run in parallel, fine-tunes and all).
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ def _failed_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], N
         write(unit.error_row(cell, error))
 
 
-def run(plan: Plan, done: set[str], write: Callable[[Row], None], bar: Any, cache: Cache) -> None:
+def run(plan: Plan, done: set[str], write: Callable[[Row], None], display: Any, cache: Cache) -> None:
+    """Every unit as a Ray task; ``display`` (:class:`harness.executor.Display`) counts finished units' cells."""
     import ray
 
     from harness.cells import unit_specs
@@ -78,7 +83,7 @@ def run(plan: Plan, done: set[str], write: Callable[[Row], None], bar: Any, cach
                 for row in rows:
                     write(row)
                 cache.counts.update(counts)
-            bar.update(plan.cells_per_unit())
+            display.ticked(plan.cells_per_unit(), cell=False)
     finally:
         if started:
             ray.shutdown()

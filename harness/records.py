@@ -19,7 +19,14 @@ if TYPE_CHECKING:
 
 Batch = Mapping[str, "torch.Tensor"]
 METRICS = ("accuracy", "f1", "mcc", "perplexity")
-LOWER_IS_BETTER = frozenset({"perplexity"})
+LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"})
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether smaller is better for a row's metric, including an external suite's ``task/metric,filter`` names
+    (lm-eval's ``wikitext/word_perplexity``): reports and flags must not rank a perplexity upside down."""
+    base = str(metric).rsplit("/", 1)[-1].split(",", 1)[0]
+    return base in LOWER_IS_BETTER
 TaskKind = Literal["classification", "causal-lm"]
 
 

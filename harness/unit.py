@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import adaptation, batching, measures, modeling, schedules, surgery
+from harness import adaptation, batching, chance, measures, modeling, schedules, surgery
 from harness import data as taskdata
 from harness.cache import Cache, default_root, digest, fingerprint_folder, untied
 from harness.cells import DENSE, Cell, UnitSpec
@@ -88,6 +88,7 @@ class Unit:
     flags: tuple[str, ...] = ()  # what makes every row of the unit suspect (its training did not learn)
     scopes: dict = field(default_factory=dict)  # granularity -> (module names, dense weight count)
     target_names: tuple[str, ...] | None = None  # the --targets modules, found once
+    chance: float | None = None  # the task's trivial reference score (harness.chance), None where unknown
 
     @property
     def train_steps(self) -> int:
@@ -176,13 +177,12 @@ class Unit:
         One row per metric (see :func:`metric_rows`); a pruned model is timed in
         alternation with the dense one, in the same run, once for all of them.
         """
-        scores, quality_flags = self.quality(model)
+        scores, quality_flags = self._evaluated(model)
+        if chance.at_chance(self.data.metric, scores[self.data.metric], self.chance):
+            quality_flags = (*quality_flags, chance.FLAG)
         flags = sorted({*self.flags, *row.pop("flags", ()), *quality_flags})
         geometry = surgery.head_geometry(model)
-        if model is self.model:
-            latency = reference = measures.measure_latency_ms(model, self.latency_input)
-        else:
-            reference, latency = measures.compare_latency_ms([self.model, model], self.latency_input)
+        reference, latency = measures.dense_and_pruned_ms(self.model, model, self.latency_input)
         log = self.scalars.logger(f"cell-{row['run_id']}")
         for name, value in scores.items():
             log(f"eval/{name}", value, 0)
@@ -203,6 +203,7 @@ class Unit:
             "gflops": round(gflops, 4),
             "latency_ms": round(latency, 3),
             "speedup": round(reference / latency, 4),
+            "chance": "" if self.chance is None else round(self.chance, 6),
             "flags": ";".join(flags),
             "status": "ok",
             "error": "",
@@ -232,6 +233,8 @@ class Unit:
         self.feed = batching.feed_for(self.data, self.tokenizer)
         self.eval_batches = self.feed.evaluation(budget.eval_limit)
         self.calibration = self.feed.calibration(budget.calib_examples, budget.batch_size, self.seed)
+        vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+        self.chance = chance.reference(self.data, self.feed, self.eval_batches, vocab)
         meta = self.cache.load_model(self.unit_key(), self.model, before=adaptation.restore_architecture)
         if meta is None:
             meta, updates = self._train()
@@ -254,15 +257,26 @@ class Unit:
         return confined(self.plan.config.execution.out, "spectra",
                         f"{model}-{self.task.name}-{self.adapter.name}-seed{self.seed}")
 
+    def _evaluated(self, model: Any) -> tuple[dict[str, float], tuple[str, ...]]:
+        """:meth:`quality` as the phase ``evaluation``, a step per forward pass (one per batch)."""
+        from harness import progress
+
+        total = len(self.eval_batches) if self.data.evaluate is None else None  # an external suite: unknown
+        with progress.phase("evaluation", total=total) as step, progress.forwards(model, step):
+            return self.quality(model)
+
     def _train(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from harness import progress
+
         budget = self.budget
         options = options_for(self.adapter, self.plan.overrides)
         log = self.scalars.logger(f"{self.adapter.name}-{self.row(DENSE)['run_id']}")
-        stream = self.train_batches(self.train_steps)
-        request = TrainRequest(self.model, stream, self.train_steps, budget.learning_rate, self.seed, options, log)
-        start = time.perf_counter()
-        result = self.adapter.train(request)
-        elapsed = time.perf_counter() - start
+        with progress.phase(f"fine-tune ({self.adapter.name})", total=self.train_steps) as step:
+            stream = progress.ticking(self.train_batches(self.train_steps), step)  # a step per batch the loop takes
+            request = TrainRequest(self.model, stream, self.train_steps, budget.learning_rate, self.seed, options, log)
+            start = time.perf_counter()
+            result = self.adapter.train(request)
+            elapsed = time.perf_counter() - start
         self.model = result.model.eval()
         self.cache.counts["fine_tunes_run"] += 1
         meta = {"train_s": elapsed, "trainable_params": result.trainable_params, LOSS_KEY: adaptation.trained_loss(result),
@@ -326,6 +340,8 @@ class Unit:
 
     def _score(self, scorer: Scorer, sparsity: float | None, granularity: Granularity, expected: Any,
                gated: Gated | None) -> Scored:
+        from harness import progress
+
         model = copy.deepcopy(self.model)
         label = self.row(Cell(scorer, None, sparsity or 0.0))["run_id"]
         extras: dict[str, float] = {}
@@ -333,8 +349,10 @@ class Unit:
         options = options_for(scorer, self.plan.overrides)
         request = ScoreRequest(model, self.calibration, self.seed, options, sparsity, self.train_batches, log,
                                self.targets(granularity))
+        at = f"@{sparsity:g}" if sparsity is not None else ""
         start = time.perf_counter()
-        with granularity.mask(model, gated.keep) if gated is not None and granularity.mask else nullcontext():
+        gate = granularity.mask(model, gated.keep) if gated is not None and granularity.mask else nullcontext()
+        with progress.phase(f"scoring {scorer.name} ({granularity.name}){at}"), gate:
             values = scorer.score(request)
         elapsed = time.perf_counter() - start
         values = checked_scores(scorer, values, expected)

@@ -124,7 +124,7 @@ def train_gates(request: ScoreRequest) -> GateResult:
     """Learn the gates on the task's training split; the model's weights stay frozen by default."""
     import torch
 
-    from harness import modeling, surgery
+    from harness import modeling, progress, surgery
 
     options = L0Options.of(request.options)  # a (partial) dict from tests is checked and completed alike
     model, steps, temperature = request.model, options.steps, options.temperature
@@ -140,7 +140,7 @@ def train_gates(request: ScoreRequest) -> GateResult:
     controller = torch.optim.Adam([lambdas], lr=options.lagrangian_lr, maximize=True)
     step = 0
     try:
-        with surgery.HeadGates(model) as gates:
+        with surgery.HeadGates(model) as gates, progress.phase("L0 gate training", total=steps) as advance:
             for step, batch in enumerate(request.train_batches(steps), start=1):
                 gates.gate = sample_gates(log_alpha, temperature, generator)
                 task_loss = modeling.per_example_loss(model, batch).mean()
@@ -154,6 +154,7 @@ def train_gates(request: ScoreRequest) -> GateResult:
                 if target is not None:
                     controller.step()
                 _log(request, step, task_loss, expected, log_alpha, temperature, lambdas)
+                advance()
     finally:
         model.eval()
         for parameter, wanted in flags:

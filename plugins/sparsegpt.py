@@ -190,7 +190,7 @@ def compute_mask(request: PruneRequest) -> dict[str, torch.Tensor]:
     """Masks for every scored module; the model copy's kept weights reconstructed in place."""
     import torch
 
-    from harness import calibration
+    from harness import calibration, progress
 
     options = SparseGPTOptions.of(request.options)
     pattern = _pattern(options, request.sparsity)
@@ -205,11 +205,13 @@ def compute_mask(request: PruneRequest) -> dict[str, torch.Tensor]:
             assert stat.gram is not None
             keep[name] = _prune_module(modules[name], stat.gram, request.sparsity, options, pattern)
             request.log("sparsegpt/calibration_tokens", float(stat.tokens), 0)
+            step()
 
-    if options.sequential:
-        calibration.sequential_statistics(request.model, request.batches, names, update)
-    else:
-        update(calibration.input_statistics(request.model, request.batches, names, gram=True))
+    with progress.phase("SparseGPT reconstruction", total=len(names)) as step:  # a step per module reconstructed
+        if options.sequential:
+            calibration.sequential_statistics(request.model, request.batches, names, update)
+        else:
+            update(calibration.input_statistics(request.model, request.batches, names, gram=True))
     return keep
 
 

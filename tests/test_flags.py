@@ -96,7 +96,7 @@ def test_flags_reach_every_row_the_summary_and_the_aggregate(capsys, tiny_model_
     frame = leaderboard.read(out / "leaderboard.csv")
     stuck = frame[frame["adapter"] == "stuck"]
     assert len(stuck) == 2 and (stuck["status"] == "ok").all()
-    assert set(stuck["flags"]) == {"constant-predictions;training-diverged"}
+    assert set(stuck["flags"]) == {"at-chance;constant-predictions;training-diverged"}
     trained = frame[frame["adapter"] == "finetune"]  # 3 steps on a tiny model may not learn, but never diverge
     assert len(trained) == 2 and not trained["flags"].fillna("").str.contains("diverged").any()
     counts = leaderboard.flag_counts(frame)

@@ -50,3 +50,26 @@ def test_summary_averages_over_seeds() -> None:
     ]
     text = leaderboard.summary(pd.DataFrame(rows))
     assert "0.8000" in text and "1.20x" in text
+
+
+def test_summary_states_the_chance_reference_and_old_tables_without_it_still_summarise() -> None:
+    rows = [
+        {"model": "m", "task": "t", "adapter": "a", "scorer": "s", "pruner": "p", "sparsity": 0.5, "seed": 0,
+         "metric": "accuracy", "score": 0.7, "speedup": 1.2, "status": "ok", "chance": chance}
+        for chance in (0.625,)
+    ]
+    assert "chance (best constant guess): 0.6250" in leaderboard.summary(pd.DataFrame(rows))
+    old = pd.DataFrame(rows).drop(columns="chance")
+    assert "chance" not in leaderboard.summary(old) and "0.7000" in leaderboard.summary(old)
+
+
+def test_aggregate_names_the_flags_and_keeps_the_chance_reference() -> None:
+    base = {"model": "m", "task": "t", "adapter": "a", "scorer": "s", "pruner": "p", "granularity": "heads",
+            "sparsity": 0.5, "metric": "accuracy", "speedup": 1.0, "status": "ok", "chance": 0.6}
+    rows = [{**base, "run_id": "a", "seed": 0, "score": 0.55, "flags": "at-chance;constant-predictions"},
+            {**base, "run_id": "b", "seed": 1, "score": 0.8, "flags": ""},
+            {**base, "run_id": "c", "seed": 2, "score": 0.58, "flags": "at-chance"}]
+    frame = pd.DataFrame(rows).reindex(columns=list(leaderboard.COLUMNS))
+    table = leaderboard.aggregate(frame)
+    assert table["flag_names"].tolist() == ["at-chance;constant-predictions"]
+    assert table["flagged"].tolist() == [2] and table["chance"].tolist() == [0.6]

@@ -196,8 +196,10 @@ def magnitude_pruned(model_dir: Path, sparsity: float):
 
 def test_a_grid_gives_a_row_per_cell_and_metric_and_resumes_them_all(suite, model_dir, tmp_path):
     out = tmp_path / "out"
-    rows = grid(model_dir, suite, out).rows
+    result = grid(model_dir, suite, out)
+    rows = result.rows
     assert list(rows["status"]) == ["ok"] * 8, rows["error"].tolist()
+    assert result.summary().startswith("2 ok, 0 failed")  # cells, not the 8 rows of their metrics
     assert rows["run_id"].nunique() == 8 and sorted(rows["metric"]) == sorted(FIRST * 2)
     for _, cell in rows.groupby("sparsity"):
         primary = cell.loc[cell["metric"] == FIRST[0], "run_id"].iloc[0]
