@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from harness import progress
+from harness.modeling import release_memory
 from harness.planning import Plan
 from harness.records import Pruner, Scorer
 from harness.schedules import ONE_SHOT, steps_of
@@ -171,4 +172,5 @@ def _run_cells(unit: Unit, todo: list[Cell], report: Reporter) -> None:
             write_rows(unit, rows)
         except (Exception, SystemExit) as error:
             unit.write(unit.error_row(cell, error))
+        release_memory()  # the cell's model and activations are gone: their heap pages go back to the OS
         report.tick(cell.label())

@@ -1,9 +1,10 @@
-"""What plugins call on a model: its inputs, logits, losses and predictions, its size, and the shared
-training loop every adapter uses (:func:`train_adamw`). Speed and FLOPs are :mod:`harness.measures`."""
+"""What plugins call on a model: its inputs, logits, losses and predictions, its size, the shared
+training loop every adapter uses (:func:`train_adamw`), and the process's heap policy for tensors
+(:func:`bound_heap`, :func:`release_memory`). Speed and FLOPs are :mod:`harness.measures`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from harness.records import Batch, TrainRequest
 
@@ -12,6 +13,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Blocks from this size up (MiniLM's FFN activations and attention scores at batch 32 from ~20 tokens, its weight
+# matrices) get their own mapping, returned to the OS when freed; smaller ones stay in the heap. See bound_heap.
+HEAP_MMAP_BYTES = 4 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 
 
 def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
@@ -80,6 +85,16 @@ def train_adamw(request: TrainRequest) -> tuple[int, float]:
     last tenth of the steps: one batch's loss is too noisy to tell a run that
     learned from one that diverged.
     """
+    bound_heap()
+    losses = _adamw_losses(request)
+    request.model.eval()
+    release_memory()  # the optimizer state and the last activations are gone: give their pages back
+    tail = losses[-max(1, len(losses) // 10):]
+    return len(losses), (sum(tail) / len(tail) if tail else float("nan"))
+
+
+def _adamw_losses(request: TrainRequest) -> list[float]:
+    """The loop of :func:`train_adamw`, apart so that its optimizer state is freed when it returns."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -91,7 +106,6 @@ def train_adamw(request: TrainRequest) -> tuple[int, float]:
     schedule = get_linear_schedule_with_warmup(optimizer, warmup, max(request.steps, 1))
     model.train()
     losses: list[float] = []
-    step = 0
     for step, batch in enumerate(request.batches, start=1):
         loss = per_example_loss(model, batch).mean()
         loss.backward()
@@ -101,6 +115,45 @@ def train_adamw(request: TrainRequest) -> tuple[int, float]:
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         request.log("train/loss", losses[-1], step)
-    model.eval()
-    tail = losses[-max(1, len(losses) // 10):]
-    return step, (sum(tail) / len(tail) if tail else float("nan"))
+    return losses
+
+
+def _libc() -> Any | None:
+    """The C library's allocator controls (glibc), or ``None`` where it has none (macOS, musl, Windows)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc only: raises AttributeError elsewhere
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+def bound_heap(mmap_bytes: int = HEAP_MMAP_BYTES) -> bool:
+    """Serve every block of ``mmap_bytes`` or more from its own mapping, unmapped when freed; whether it could.
+
+    Why: CPU tensors come from glibc's malloc, whose mmap threshold rises (up to
+    32 MB) once a large block is freed, which loading a model does. After that,
+    activations live in the heap, and a training loop whose batches change length
+    every step fragments it. Measured on a MiniLM fine-tune on SST-2 (150 steps,
+    batch 32, up to 64 tokens, 2 cores; RSS of the process): glibc's default
+    policy peaked at 1684 MB and kept 1462 MB after training; a trim after
+    training alone keeps 596 MB (same peak); this threshold at 4 MiB with the trim
+    peaks at 1593 MB at the same speed (0.74 s/step vs 0.79); at 1 MiB the peak
+    falls to 1243 MB but each step costs 32% more (page faults on every fresh
+    mapping), so 1 MiB is not the default. Values are unchanged. Process-wide
+    and sticky: called where a process starts a unit.
+    """
+    libc = _libc()
+    return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_bytes)))
+
+
+def release_memory() -> bool:
+    """Give the free pages of the heap back to the OS (glibc's ``malloc_trim``); whether any were.
+
+    Small blocks stay in the heap under :func:`bound_heap`; call this when a
+    phase that freed many of them ends (a training loop, a scoring pass).
+    """
+    libc = _libc()
+    return libc is not None and bool(libc.malloc_trim(0))

@@ -185,7 +185,15 @@ def load_causal_lm(source: ModelSource, seed: int) -> tuple[nn.Module, PreTraine
 
 
 def load_for_task(source: ModelSource, data: TaskData, seed: int) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The model head the task's kind needs: a new classifier, or the model's own language-model head."""
+    """The model head the task's kind needs: a new classifier, or the model's own language-model head.
+
+    Every unit starts here, so this is where its process gets the heap policy for tensors
+    (:func:`harness.modeling.bound_heap`): without it, a unit's memory ratchets up to its
+    worst phase plus fragmentation and stays there.
+    """
+    from harness.modeling import bound_heap
+
+    bound_heap()
     if data.kind == "causal-lm":
         return load_causal_lm(source, seed)
     return load_classifier(source, data.label_names, seed)
