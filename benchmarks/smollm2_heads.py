@@ -10,7 +10,10 @@ input of ``o_proj``, one backward pass per batch), then the ``heads`` pruner rem
 heads) per layer (``--scope layer``, the default) or by one ranking across layers
 (``--scope global``). A seeded random choice of groups is the baseline. Perplexity
 is measured on held-out blocks of the same text, latency on batch 8 x 128 tokens,
-dense and pruned timed alternately (median).
+dense and pruned timed alternately (median); then decode (ms per generated token with
+the key/value cache, 16 tokens after a 128-token prompt, batch 1 and 8, the harness's
+``decode timing``) and memory (parameter bytes, peak memory a batch-8 prefill adds)
+of the dense and the head-gradient-pruned model.
 
     python benchmarks/smollm2_heads.py [--quick] [--text FILE] [--scope layer|global]
 """
@@ -146,6 +149,23 @@ def main() -> None:
     for (name, m), latency in zip(models.items(), latencies):
         ppl = perplexity(m, batches(held_out, 8))
         print(describe(name, m, ppl, latency, (latencies[0], flops["dense"]), flops[name]))
+    decode_and_memory(model, pruned["head-gradient"], inputs, args.repeats)
+
+
+def decode_and_memory(dense: nn.Module, pruned: nn.Module, inputs: dict[str, torch.Tensor], repeats: int) -> None:
+    """Decode ms per token (batch 1 and 8) and memory of the dense and the pruned model, as the harness's rows."""
+    from harness import measures
+
+    for batch in (1, 8):
+        ids = measures.decode_prompt(dense, batch, 128, 16)
+        dense_step, step = measures.dense_and_pruned_decode(dense, pruned, ids, 16, repeats=repeats)
+        print(f"decode batch {batch}: dense {dense_step.median_ms:6.1f} ms/token (IQR {dense_step.iqr_ms:4.1f}), "
+              f"pruned {step.median_ms:6.1f} ms/token (IQR {step.iqr_ms:4.1f}): "
+              f"speedup {dense_step.median_ms / step.median_ms:5.3f}x")
+    for name, model in (("dense", dense), ("head-gradient", pruned)):
+        peak = measures.inference_memory(model, inputs)
+        print(f"memory {name:<14} parameters+buffers {measures.model_bytes(model) / 2**20:7.1f} MiB; "
+              f"a batch-8 prefill adds {peak / 2**20 if peak is not None else float('nan'):7.1f} MiB at its peak")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "data_dir": ("data_dir", "value"), "option": ("options", "value"), "train_steps": ("train_steps", "value"),
     "batch_size": ("batch_size", "value"), "lr": ("learning_rate", "value"),
     "calib_examples": ("calib_examples", "value"), "latency_batch": ("latency_batch", "value"),
-    "latency_tokens": ("latency_tokens", "value"), "eval_limit": ("eval_limit", "value"),
+    "latency_tokens": ("latency_tokens", "value"), "decode_tokens": ("decode_tokens", "value"), "eval_limit": ("eval_limit", "value"),
     "tensorboard": ("tensorboard", "value"), "targets": ("targets", "value"), "cache": ("cache", "value"),
     "executor": ("executor", "value"), "address": ("address", "value"), "cpus_per_task": ("cpus_per_task", "value"),
     "retries": ("retries", "value"), "recover": ("recover", "value"), "recover_steps": ("recover_steps", "value"),
@@ -76,6 +76,8 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     add("--calib-examples", type=int, help=f"training examples the scorers see (default: {b.calib_examples})")
     add("--latency-batch", type=int, help=f"batch size of the latency input (default: {m.latency_batch})")
     add("--latency-tokens", type=int, help=f"tokens per sequence of the latency input (default: {m.latency_tokens})")
+    add("--decode-tokens", type=int, help="causal LMs: tokens generated per timed decode pass, batch 1 and 8, "
+        f"after a --latency-tokens prompt; 0: no decode timing (default: {m.decode_tokens})")
     add("--eval-limit", type=int, help="evaluate on the first N validation examples only (default: all)")
     add("--tensorboard", type=Path, metavar="DIR", help="write per-run TensorBoard scalars here (default: none)")
     add("--targets", help="weight groups weight pruners act on: linear, attention, ffn, qkv or any of "

@@ -68,6 +68,7 @@ class Measure:
 
     latency_batch: int = 32
     latency_tokens: int = 128
+    decode_tokens: int = 16  # causal LMs: tokens generated per timed decode pass after a latency_tokens prompt; 0: off
 
 
 @dataclass(frozen=True)

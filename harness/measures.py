@@ -1,15 +1,17 @@
-"""What a row measures besides quality: latency and theoretical FLOPs.
+"""What a row measures besides quality: latency (prefill and decode), memory and theoretical FLOPs.
 
 Latency is measured, never derived: the same fixed input (batch x tokens) is run
 on every model of a grid so speedups compare like with like, and a pruned model
-is timed in alternation with the dense one.
+is timed in alternation with the dense one. Decode latency (causal LMs) is the
+time per generated token with the key/value cache, after a prefill of that input.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +34,21 @@ def _time_ms(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Median and interquartile range of repeated timings (ms): the spread says how far to trust a speedup."""
+
+    median_ms: float
+    iqr_ms: float
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Timing:
+        if len(samples) < 2:
+            return cls(float(samples[0]), 0.0)
+        quartiles = statistics.quantiles(samples, n=4, method="inclusive")
+        return cls(statistics.median(samples), quartiles[2] - quartiles[0])
+
+
 def measure_latency_ms(model: nn.Module, inputs: dict[str, torch.Tensor], repeats: int = 7, warmup: int = 2) -> float:
     """Median wall time of one inference forward pass, in milliseconds."""
     return compare_latency_ms([model], inputs, repeats, warmup)[0]
@@ -41,32 +58,48 @@ def compare_latency_ms(
     models: list[nn.Module], inputs: dict[str, torch.Tensor], repeats: int = 7, warmup: int = 2
 ) -> list[float]:
     """Median forward time of each model, run in alternation so load changes hit all alike."""
+    return [timing.median_ms for timing in compare_latency(models, inputs, repeats, warmup)]
+
+
+def compare_latency(
+    models: list[nn.Module], inputs: dict[str, torch.Tensor], repeats: int = 7, warmup: int = 2
+) -> list[Timing]:
+    """Forward time of each model (median and spread), run in alternation so load changes hit all alike."""
+    return _alternate([lambda model=model: _time_ms(model, inputs) for model in models], models, repeats, warmup)
+
+
+def _alternate(runs: list[Callable[[], float]], models: list[nn.Module], repeats: int, warmup: int) -> list[Timing]:
+    """Each run (one per model) ``warmup + repeats`` times, in alternation; timings of the repeats only."""
     import torch
 
     for model in models:
         model.eval()
-    times: list[list[float]] = [[] for _ in models]
+    times: list[list[float]] = [[] for _ in runs]
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            for index, model in enumerate(models):
-                elapsed = _time_ms(model, inputs)
+            for index, run in enumerate(runs):
+                elapsed = run()
                 if i >= warmup:
                     times[index].append(elapsed)
-    return [statistics.median(t) for t in times]
+    return [Timing.of(t) for t in times]
 
 
 def dense_and_pruned_ms(dense: nn.Module, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """Latency (ms) of the dense model and of ``model`` (timed in alternation), as the progress phase ``latency
+    """Latency (ms) of the dense model and of ``model`` (timed in alternation); see :func:`dense_and_pruned`."""
+    reference, latency = dense_and_pruned(dense, model, inputs)
+    return reference.median_ms, latency.median_ms
+
+
+def dense_and_pruned(dense: nn.Module, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[Timing, Timing]:
+    """Prefill timing of the dense model and of ``model`` (in alternation), as the progress phase ``latency
     timing``: one step, announced when done, so no progress hook runs inside the timed passes."""
     from harness import progress
 
     with progress.phase("latency timing", total=1) as step:
-        if model is dense:
-            reference = latency = measure_latency_ms(model, inputs)
-        else:
-            reference, latency = compare_latency_ms([dense, model], inputs)
+        models = [dense] if model is dense else [dense, model]
+        timings = compare_latency(models, inputs)
         step()
-    return reference, latency
+    return timings[0], timings[-1]
 
 
 def forward_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
@@ -114,3 +147,140 @@ def weights_changed(before: nn.Module, after: nn.Module) -> bool:
             if base is not None and base.shape == value.shape and bool(((base != value) & (value != 0)).any()):
                 return True
     return False
+
+
+DECODE_BATCHES = (1, 8)  # the decode columns: one stream (interactive use) and a small served batch
+
+
+def decode_prompt(model: nn.Module, batch_size: int, tokens: int, new_tokens: int, seed: int = 1) -> torch.Tensor:
+    """Fixed token ids (batch × (prompt + generated)): the prompt to prefill and, after it, the tokens fed back one
+    at a time. Fixed instead of sampled, so every model does the same work whatever it would have predicted. The
+    prompt is shortened where prompt and generated tokens would pass the model's positions (GPT-2's 1024)."""
+    config = model.config
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if positions:
+        tokens = max(1, min(tokens, int(positions) - new_tokens))
+    return latency_input(model, batch_size, tokens + new_tokens, seed)["input_ids"]
+
+
+def decode_ms(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[float, int]:
+    """Milliseconds per generated token with the key/value cache, and the cache's length after the last one.
+
+    The prompt (all but the last ``new_tokens`` columns of ``ids``) is prefilled
+    untimed; then each step feeds one token and the cache, as generation does.
+    """
+    import torch
+
+    prompt = ids.shape[1] - new_tokens
+    mask = torch.ones_like(ids)
+    output = model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], use_cache=True)
+    cache = output.past_key_values
+    start = time.perf_counter()
+    for step in range(prompt, ids.shape[1]):
+        output = model(input_ids=ids[:, step : step + 1], attention_mask=mask[:, : step + 1], past_key_values=cache,
+                       use_cache=True)
+        cache = output.past_key_values
+    elapsed = (time.perf_counter() - start) * 1000
+    length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else cache[0][0].shape[-2]  # legacy tuples
+    return elapsed / max(new_tokens, 1), int(length)
+
+
+def dense_and_pruned_decode(dense: nn.Module, model: nn.Module, ids: torch.Tensor, new_tokens: int,
+                            repeats: int = 5, warmup: int = 1) -> tuple[Timing, Timing]:
+    """Decode timing (ms per token) of the dense model and of ``model``, in alternation, as the progress phase
+    ``decode timing``. Raises if a model's cache did not grow by exactly one token per step."""
+    from harness import progress
+
+    models = [dense] if model is dense else [dense, model]
+    expected = ids.shape[1]
+
+    def run(one: nn.Module) -> float:
+        per_token, length = decode_ms(one, ids, new_tokens)
+        if length != expected:
+            raise RuntimeError(f"decode: the key/value cache holds {length} tokens after {expected}: not one a step")
+        return per_token
+
+    with progress.phase(f"decode timing (batch {ids.shape[0]})", total=1) as step:
+        timings = _alternate([lambda one=one: run(one) for one in models], models, repeats, warmup)
+        step()
+    return timings[0], timings[-1]
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (each tensor once: tied embeddings share storage)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def inference_memory(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int | None:
+    """Peak memory one forward pass adds (bytes): CUDA's peak allocation on a GPU; on Linux, the peak resident
+    set over what was resident before (the free heap given back first); ``None`` where it cannot be read.
+
+    A pass of its own, untimed: the timed passes alternate two models, whose peaks would mix.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with torch.inference_mode():
+            model(**inputs)
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    from harness.modeling import release_memory
+
+    release_memory()
+    before = _resident_peak(reset=True)
+    if before is None:
+        return None
+    with torch.inference_mode():
+        model(**inputs)
+    after = _resident_peak()
+    return None if after is None else max(0, after - before)
+
+
+def _resident_peak(reset: bool = False) -> int | None:
+    """This process's peak resident set (VmHWM, bytes), first reset to the current one with ``reset`` (Linux)."""
+    try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # "reset the peak resident set size ("high water mark") to the current value"
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def speed_and_memory(dense: nn.Module, model: nn.Module, inputs: dict[str, torch.Tensor],
+                     decode_inputs: dict[int, torch.Tensor], new_tokens: int) -> dict[str, float | str]:
+    """A row's speed and memory columns: prefill latency with its spread and speedup, decode ms per token and
+    speedup at each batch of ``decode_inputs`` (empty where none: not a causal LM, or decoding is off), the
+    model's bytes and the peak memory its prefill adds. Timed against ``dense`` in alternation."""
+    reference, prefill = dense_and_pruned(dense, model, inputs)
+    columns: dict[str, float | str] = {
+        "latency_ms": round(prefill.median_ms, 3),
+        "latency_iqr_ms": round(prefill.iqr_ms, 3),
+        "speedup": round(reference.median_ms / prefill.median_ms, 4),
+    }
+    for batch in DECODE_BATCHES:
+        ids = decode_inputs.get(batch)
+        if ids is None:
+            columns[f"decode_ms_b{batch}"] = columns[f"decode_speedup_b{batch}"] = ""
+            continue
+        dense_step, step = dense_and_pruned_decode(dense, model, ids, new_tokens)
+        columns[f"decode_ms_b{batch}"] = round(step.median_ms, 3)
+        columns[f"decode_speedup_b{batch}"] = round(dense_step.median_ms / step.median_ms, 4)
+    peak = inference_memory(model, inputs)
+    columns["model_mb"] = round(model_bytes(model) / 2**20, 3)
+    columns["peak_mem_mb"] = "" if peak is None else round(peak / 2**20, 3)
+    return columns

@@ -271,7 +271,8 @@ def _check_numbers(config: BenchConfig) -> None:
     at_least = {
         "--train-steps": (b.train_steps, 0), "--batch-size": (b.batch_size, 1),
         "--calib-examples": (b.calib_examples, 1), "--latency-batch": (m.latency_batch, 1),
-        "--latency-tokens": (m.latency_tokens, 1), "--eval-limit": (b.eval_limit, 1),
+        "--latency-tokens": (m.latency_tokens, 1), "--decode-tokens": (m.decode_tokens, 0),
+        "--eval-limit": (b.eval_limit, 1),
         "--retries": (e.retries, 0), "--recover-steps": (b.recover_steps, 1),
         "--cell-timeout": (e.cell_timeout, 0),
     }

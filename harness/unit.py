@@ -81,6 +81,7 @@ class Unit:
     eval_batches: list = field(default_factory=list)
     calibration: list = field(default_factory=list)
     latency_input: dict = field(default_factory=dict)
+    decode_inputs: dict = field(default_factory=dict)  # batch size -> decode prompt ids (causal LMs)
     train_s: float = float("nan")
     heads_total: int = 0
     dense_gflops: float = float("nan")
@@ -182,12 +183,13 @@ class Unit:
             quality_flags = (*quality_flags, chance.FLAG)
         flags = sorted({*self.flags, *row.pop("flags", ()), *quality_flags})
         geometry = surgery.head_geometry(model)
-        reference, latency = measures.dense_and_pruned_ms(self.model, model, self.latency_input)
+        speed = measures.speed_and_memory(self.model, model, self.latency_input, self.decode_inputs,
+                                          self.plan.config.measure.decode_tokens)
         log = self.scalars.logger(f"cell-{row['run_id']}")
         for name, value in scores.items():
             log(f"eval/{name}", value, 0)
         log("eval/heads_kept", geometry.total_heads, 0)
-        log("eval/latency_ms", latency, 0)
+        log("eval/latency_ms", float(speed["latency_ms"]), 0)
         gflops = measures.forward_flops(model, self.latency_input) / 1e9 if model is not self.model else self.dense_gflops
         achieved = self.sparsity_of(model, granularity)
         log("eval/achieved_sparsity", achieved, 0)
@@ -201,8 +203,7 @@ class Unit:
             "params": modeling.count_params(model),
             "nonzero_params": sum(int(p.count_nonzero()) for p in model.parameters()),
             "gflops": round(gflops, 4),
-            "latency_ms": round(latency, 3),
-            "speedup": round(reference / latency, 4),
+            **speed,
             "chance": "" if self.chance is None else round(self.chance, 6),
             "flags": ";".join(flags),
             "status": "ok",
@@ -248,6 +249,10 @@ class Unit:
         self.heads_total = surgery.head_geometry(self.model).total_heads
         self.latency_input = measures.latency_input(self.model, measure.latency_batch, measure.latency_tokens)
         self.dense_gflops = measures.forward_flops(self.model, self.latency_input) / 1e9
+        if self.data.kind == "causal-lm" and measure.decode_tokens:
+            self.decode_inputs = {batch: measures.decode_prompt(self.model, batch, measure.latency_tokens,
+                                                                measure.decode_tokens)
+                                  for batch in measures.DECODE_BATCHES}
 
     def spectra_stem(self) -> Any:
         """Where this unit's update spectra go: ``<out>/spectra/<model>-<task>-<adapter>-seed<N>``, slugs only."""

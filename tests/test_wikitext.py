@@ -85,11 +85,11 @@ def test_windows_follow_the_sparsegpt_evaluation(data_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(decoder_dir(tmp_path / "m", "llama")).eval()
     feed = Blocks(data, tokenizer)
     ids = tokenizer(data.validation.text_a[0], add_special_tokens=False)["input_ids"]
-    assert len(ids) == 829 and feed.validation.shape == (25, WINDOW) and feed.train.shape == (78, WINDOW)
-    assert feed.validation.flatten().tolist() == ids[: 25 * WINDOW]
-    reference = torch.tensor(ids[: 25 * WINDOW]).view(25, WINDOW)  # SparseGPT's loop over testenc windows
+    assert len(ids) == 1053 and feed.validation.shape == (32, WINDOW) and feed.train.shape == (97, WINDOW)
+    assert feed.validation.flatten().tolist() == ids[: 32 * WINDOW]
+    reference = torch.tensor(ids[: 32 * WINDOW]).view(32, WINDOW)  # SparseGPT's loop over testenc windows
     with torch.no_grad():
-        nll = sum(float(model(input_ids=w[None], labels=w[None]).loss) * WINDOW for w in reference) / (25 * WINDOW)
+        nll = sum(float(model(input_ids=w[None], labels=w[None]).loss) * WINDOW for w in reference) / (32 * WINDOW)
     assert feed.quality(model, feed.evaluation(None)).score == pytest.approx(math.exp(nll), rel=1e-5)
     assert sum(len(b["input_ids"]) for b in feed.evaluation(3)) == 3  # --eval-limit: the first windows
     calibration = feed.calibration(8, 4, seed=0)
