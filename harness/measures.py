@@ -173,16 +173,31 @@ def decode_ms(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[flo
 
     prompt = ids.shape[1] - new_tokens
     mask = torch.ones_like(ids)
+    cache_argument = _cache_argument(model)
     output = model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], use_cache=True)
-    cache = output.past_key_values
+    cache = cache_of(output)
     start = time.perf_counter()
     for step in range(prompt, ids.shape[1]):
-        output = model(input_ids=ids[:, step : step + 1], attention_mask=mask[:, : step + 1], past_key_values=cache,
-                       use_cache=True)
-        cache = output.past_key_values
+        output = model(input_ids=ids[:, step : step + 1], attention_mask=mask[:, : step + 1], use_cache=True,
+                       **{cache_argument: cache})
+        cache = cache_of(output)
     elapsed = (time.perf_counter() - start) * 1000
     length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else cache[0][0].shape[-2]  # legacy tuples
     return elapsed / max(new_tokens, 1), int(length)
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """The keyword a model's forward takes its key/value cache by: ``cache`` from transformers 5.2x (where
+    ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(output: object) -> object:
+    """The key/value cache a forward returned, under either name (see :func:`_cache_argument`)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
 
 
 def dense_and_pruned_decode(dense: nn.Module, model: nn.Module, ids: torch.Tensor, new_tokens: int,

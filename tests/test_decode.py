@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 
 import pandas as pd
@@ -38,8 +39,9 @@ def test_decode_feeds_one_token_a_step_through_the_cache(arch, tmp_path):
         per_token, length = measures.decode_ms(model, ids, NEW)
         # the cached steps give the logits a full forward gives: the cache was used, not recomputed wrongly
         full = model(input_ids=ids).logits[:, -1]
-        prompt = model(input_ids=ids[:, :-1], use_cache=True)
-        last = model(input_ids=ids[:, -1:], past_key_values=prompt.past_key_values, use_cache=True).logits[:, -1]
+        prompt = measures.cache_of(model(input_ids=ids[:, :-1], use_cache=True))
+        argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        last = model(input_ids=ids[:, -1:], use_cache=True, **{argument: prompt}).logits[:, -1]
     assert per_token > 0 and length == 10 + NEW
     torch.testing.assert_close(last, full, rtol=1e-4, atol=1e-4)
 
