@@ -142,9 +142,15 @@ def bound_heap(mmap_bytes: int = HEAP_MMAP_BYTES) -> bool:
     training alone keeps 596 MB (same peak); this threshold at 4 MiB with the trim
     peaks at 1593 MB at the same speed (0.74 s/step vs 0.79); at 1 MiB the peak
     falls to 1243 MB but each step costs 32% more (page faults on every fresh
-    mapping), so 1 MiB is not the default. Values are unchanged. Process-wide
-    and sticky: called where a process starts a unit.
+    mapping), so 1 MiB is not the default: set glibc's own
+    ``MALLOC_MMAP_THRESHOLD_=1048576`` (or a ``glibc.malloc.mmap_threshold``
+    tunable) to choose it, which this leaves alone. Values are unchanged.
+    Process-wide and sticky: called where a process starts a unit.
     """
+    import os
+
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False  # the user chose a threshold for glibc: theirs stands
     libc = _libc()
     return libc is not None and bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_bytes)))
 

@@ -125,3 +125,16 @@ def test_every_unit_gets_the_heap_policy(monkeypatch: pytest.MonkeyPatch) -> Non
         data = SimpleNamespace(kind=kind, label_names=("a", "b"))
         assert models.load_for_task(source, data, 0)[0] == expected  # type: ignore[arg-type]
     assert len(calls) == 2
+
+
+@linux
+def test_a_threshold_the_user_gave_glibc_stands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MALLOC_MMAP_THRESHOLD_=1048576 (glibc's own knob) trades training speed for a lower peak: not overridden."""
+    from harness import modeling
+
+    assert modeling.bound_heap()  # the policy applies by default
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert not modeling.bound_heap()
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1048576")
+    assert not modeling.bound_heap()
