@@ -4,6 +4,7 @@ training loop every adapter uses (:func:`train_adamw`), and the process's heap p
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING, Any, Iterable
 
 from harness.records import Batch, TrainRequest
@@ -118,8 +119,10 @@ def _adamw_losses(request: TrainRequest) -> list[float]:
     return losses
 
 
+@cache
 def _libc() -> Any | None:
-    """The C library's allocator controls (glibc), or ``None`` where it has none (macOS, musl, Windows)."""
+    """The C library's allocator controls (glibc), or ``None`` where it has none (macOS, musl, Windows); looked up
+    once per process: :func:`release_memory` runs after every cell."""
     import ctypes
 
     try:

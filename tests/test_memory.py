@@ -132,6 +132,8 @@ def test_a_threshold_the_user_gave_glibc_stands(monkeypatch: pytest.MonkeyPatch)
     """MALLOC_MMAP_THRESHOLD_=1048576 (glibc's own knob) trades training speed for a lower peak: not overridden."""
     from harness import modeling
 
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert modeling.bound_heap()  # the policy applies by default
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert not modeling.bound_heap()
