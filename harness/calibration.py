@@ -4,7 +4,9 @@ Activation-aware pruning methods (Wanda, SparseGPT, head methods that weigh a
 head by its output) all need the same pass: run the calibration batches,
 capture the input of some modules, drop padding, reduce. Doing it once here
 keeps padding, devices and train/eval mode right for every plugin. All
-reductions run on the model's own device and come back as float32 CPU tensors.
+reductions run on the model's own device and come back as float32 CPU tensors;
+they are accumulated in float32 even when the forward runs under
+``torch.autocast`` with bfloat16/float16 activations (:func:`full_precision`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,23 @@ def model_device(model: nn.Module) -> torch.device:
     import torch
 
     return next(iter(model.parameters()), torch.empty(0)).device
+
+
+def full_precision(device: torch.device | str) -> Any:
+    """A context where ``torch.autocast`` is off on ``device``'s type: matmuls of float32 inputs stay float32.
+
+    Statistics that need precision (XᵀX, Cholesky factors, OBS updates) are taken
+    with it even when the caller runs the model under autocast (bf16/fp16).
+    """
+    import contextlib
+
+    import torch
+
+    kind = torch.device(device).type
+    try:
+        return torch.autocast(device_type=kind, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: nothing can be autocast there either
+        return contextlib.nullcontext()
 
 
 @contextmanager
@@ -146,13 +165,14 @@ class _Sums:
         self.gram = gram
 
     def add(self, name: str, x: torch.Tensor) -> None:
-        x = x.float()
-        squares = x.square().sum(0)
-        self.sums[name] = self.sums[name] + squares if name in self.sums else squares
-        self.tokens[name] += x.shape[0]
-        if self.gram:
-            product = x.T @ x
-            self.grams[name] = self.grams[name] + product if name in self.grams else product
+        with full_precision(x.device):  # bf16/fp16 activations under autocast: sums and XᵀX still in float32
+            x = x.float()
+            squares = x.square().sum(0)
+            self.sums[name] = self.sums[name] + squares if name in self.sums else squares
+            self.tokens[name] += x.shape[0]
+            if self.gram:
+                product = x.T @ x
+                self.grams[name] = self.grams[name] + product if name in self.grams else product
 
     def stats(self) -> dict[str, InputStats]:
         return {name: InputStats(_cpu(self.sums[name]), count, _cpu(self.grams[name]) if self.gram else None)

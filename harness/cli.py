@@ -48,7 +48,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "executor": ("executor", "value"), "address": ("address", "value"), "cpus_per_task": ("cpus_per_task", "value"),
     "retries": ("retries", "value"), "recover": ("recover", "value"), "recover_steps": ("recover_steps", "value"),
     "isolation": ("isolation", "value"), "cell_timeout": ("cell_timeout", "value"),
-    "schedule": ("schedules", "items"),
+    "schedule": ("schedules", "items"), "device": ("device", "value"), "dtype": ("dtype", "value"),
 }
 
 
@@ -78,6 +78,11 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     add("--latency-tokens", type=int, help=f"tokens per sequence of the latency input (default: {m.latency_tokens})")
     add("--decode-tokens", type=int, help="causal LMs: tokens generated per timed decode pass, batch 1 and 8, "
         f"after a --latency-tokens prompt; 0: no decode timing (default: {m.decode_tokens})")
+    add("--device", help="where every stage runs: auto (cuda, else mps, else cpu), cpu, cuda, cuda:INDEX or mps "
+        f"(default: {b.device}); recorded in each row and its run id")
+    add("--dtype", help="auto (bfloat16 where the device computes it natively, else float32), float32, bfloat16 or "
+        "float16: training and scoring run under autocast to it, evaluation and latency on the model cast to it "
+        f"(default: {b.dtype})")
     add("--eval-limit", type=int, help="evaluate on the first N validation examples only (default: all)")
     add("--tensorboard", type=Path, metavar="DIR", help="write per-run TensorBoard scalars here (default: none)")
     add("--targets", help="weight groups weight pruners act on: linear, attention, ffn, qkv or any of "

@@ -55,6 +55,11 @@ class Budget:
     calib_examples: int = field(default=512, metadata=_stage("score"))
     eval_limit: int | None = field(default=None, metadata=_stage("cell"))
     recover_steps: int = field(default=200, metadata=_stage("recovery"))
+    # where every stage runs and in which precision (harness.devices); planning resolves "auto" to the device and
+    # dtype used, so a key names what computed it. dtype auto: bfloat16 where the device computes it natively (MiniLM
+    # on SST-2, 3 seeds, on this 2-core CPU: fine-tune 3x and prefill 3.4x faster, accuracy within one example)
+    device: str = field(default="auto", metadata=_stage("train"))
+    dtype: str = field(default="auto", metadata=_stage("train"))
 
     def stages(self, *stages: str) -> dict[str, Any]:
         """The fields that affect any of ``stages`` (and every field without a stage), by name."""

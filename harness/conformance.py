@@ -11,6 +11,8 @@ In a plugin's own test suite::
 
 The checks run each role's function on a tiny randomly initialised BERT built
 from a config (no download) and verify the contract of :mod:`harness.records`.
+``check_plugin(record, device="cuda")`` puts the model and every batch there, as
+``harness bench --device cuda`` does: a plugin that makes its tensors on the CPU fails.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def item_id(item: Registered) -> str:
     return f"{item.role}:{item.record.name}"
 
 
-def tiny_bert(seed: int = 0, layers: int = 2, heads: int = 4) -> nn.Module:
+def tiny_bert(seed: int = 0, layers: int = 2, heads: int = 4, device: str = "cpu") -> nn.Module:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -66,12 +68,13 @@ def tiny_bert(seed: int = 0, layers: int = 2, heads: int = 4) -> nn.Module:
         intermediate_size=32, max_position_embeddings=32, num_labels=2,
     )
     torch.manual_seed(seed)
-    return AutoModelForSequenceClassification.from_config(config).eval()
+    return AutoModelForSequenceClassification.from_config(config).to(device).eval()
 
 
-def tiny_batches(count: int = 2, size: int = 4, tokens: int = 6, seed: int = 0, pad: int = 2) -> list[dict[str, torch.Tensor]]:
+def tiny_batches(count: int = 2, size: int = 4, tokens: int = 6, seed: int = 0, pad: int = 2,
+                 device: str = "cpu") -> list[dict[str, torch.Tensor]]:
     """Random token batches with labels; every second example ends in ``pad`` padding tokens (id 0, mask 0),
-    as real batches do, so a scorer that forgets the attention mask is caught."""
+    as real batches do, so a scorer that forgets the attention mask is caught. Drawn on the CPU, then moved."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -83,7 +86,7 @@ def tiny_batches(count: int = 2, size: int = 4, tokens: int = 6, seed: int = 0, 
             mask[1::2, tokens - pad:] = 0
             ids = ids.masked_fill(mask == 0, 0)
         batches.append({"input_ids": ids, "attention_mask": mask, "labels": torch.arange(size) % 2})
-    return batches
+    return [{key: value.to(device) for key, value in batch.items()} for batch in batches]
 
 
 def _check_common(record: Any) -> None:
@@ -121,14 +124,14 @@ def _targets(granularity: Granularity, model: nn.Module) -> tuple[str, ...]:
     return surgery.target_modules(model, "linear") if granularity.uses_targets else ()
 
 
-def _score_request(scorer: Scorer, model: nn.Module, granularity: Granularity) -> ScoreRequest:
+def _score_request(scorer: Scorer, model: nn.Module, granularity: Granularity, device: str) -> ScoreRequest:
     """Calibration batches, plus a budget and a training stream for scorers that learn."""
 
     def train_batches(steps: int) -> list[dict[str, torch.Tensor]]:
-        return tiny_batches(count=steps, seed=1)
+        return tiny_batches(count=steps, seed=1, device=device)
 
     sparsity = 0.5 if scorer.per_sparsity else None
-    return ScoreRequest(model, tiny_batches(), 0, options_for(scorer, {}), sparsity, train_batches,
+    return ScoreRequest(model, tiny_batches(device=device), 0, options_for(scorer, {}), sparsity, train_batches,
                         targets=_targets(granularity, model))
 
 
@@ -141,7 +144,7 @@ def _shapes(granularity: Granularity, model: nn.Module) -> dict[str, tuple[int, 
     return {k: tuple(v) for k, v in _as_dict(expected).items()}
 
 
-def check_scorer(scorer: Scorer, granularities: tuple[Granularity, ...] = ()) -> None:
+def check_scorer(scorer: Scorer, granularities: tuple[Granularity, ...] = (), device: str = "cpu") -> None:
     """Finite scores of the granularity's shape, deterministic for a seed, weights left untouched.
 
     Heads: ``[L, H]``; neurons: ``[L, I]``; weights: one tensor per target module, shaped like its weight.
@@ -149,13 +152,13 @@ def check_scorer(scorer: Scorer, granularities: tuple[Granularity, ...] = ()) ->
     import torch
 
     granularity = granularity_of(scorer.granularity, granularities)
-    model = tiny_bert()
+    model = tiny_bert(device=device)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    scores = _as_dict(scorer.score(_score_request(scorer, model, granularity)))
+    scores = _as_dict(scorer.score(_score_request(scorer, model, granularity, device)))
     assert all(isinstance(v, torch.Tensor) for v in scores.values()), "scores are tensors"
     assert {k: tuple(v.shape) for k, v in scores.items()} == _shapes(granularity, model), "scores' shapes"
     assert all(torch.isfinite(v).all() for v in scores.values()), "scores must be finite"
-    again = _as_dict(scorer.score(_score_request(scorer, tiny_bert(), granularity)))
+    again = _as_dict(scorer.score(_score_request(scorer, tiny_bert(device=device), granularity, device)))
     same = all(torch.allclose(scores[k], again[k], atol=1e-6) for k in scores)
     assert same, "same model, data and seed must give the same scores"
     after = model.state_dict()
@@ -170,7 +173,7 @@ def _pruner_scores(granularity: Granularity, model: nn.Module, make: Callable[[t
     return make(tuple(expected))
 
 
-def check_pruner(pruner: Pruner, granularities: tuple[Granularity, ...] = ()) -> None:
+def check_pruner(pruner: Pruner, granularities: tuple[Granularity, ...] = (), device: str = "cpu") -> None:
     """Boolean keep-masks of the scores' shapes removing the requested fraction (within a row per tensor).
 
     Pruners that use scores keep the most important unit of each tensor; all are
@@ -179,14 +182,15 @@ def check_pruner(pruner: Pruner, granularities: tuple[Granularity, ...] = ()) ->
     """
     import torch
 
-    granularity, model, batches = granularity_of(pruner.granularity, granularities), tiny_bert(), tiny_batches()
+    granularity = granularity_of(pruner.granularity, granularities)
+    model, batches = tiny_bert(device=device), tiny_batches(device=device)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     generator = torch.Generator().manual_seed(0)
-    scores = _pruner_scores(granularity, model, lambda shape: torch.rand(shape, generator=generator))
+    scores = _pruner_scores(granularity, model, lambda shape: torch.rand(shape, generator=generator).to(device))
     options = options_for(pruner, {})
 
     def masks_for(sparsity: float) -> dict[str, torch.Tensor]:
-        own = tiny_bert() if pruner.updates_model else model  # an updating pruner edits its own copy
+        own = tiny_bert(device=device) if pruner.updates_model else model  # an updating pruner edits its own copy
         return _as_dict(pruner.compute_mask(PruneRequest(scores, sparsity, options, 3, model=own, batches=batches)))
 
     for sparsity in (0.0, 0.25, 0.5):
@@ -202,12 +206,13 @@ def check_pruner(pruner: Pruner, granularities: tuple[Granularity, ...] = ()) ->
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "a pruner without updates_model must not change weights"
     if pruner.uses_scores:
-        ranked = _pruner_scores(granularity, model, lambda shape: torch.arange(float(math.prod(shape))).reshape(shape))
+        ranked = _pruner_scores(granularity, model,
+                                lambda shape: torch.arange(float(math.prod(shape)), device=device).reshape(shape))
         masks = _as_dict(pruner.compute_mask(PruneRequest(ranked, 0.25, options, model=model, batches=batches)))
         assert all(bool(m.reshape(-1)[-1]) for m in masks.values()), "the most important unit is kept"
 
 
-def check_granularity(granularity: Granularity) -> None:
+def check_granularity(granularity: Granularity, device: str = "cpu") -> None:
     """Scores' shapes fit the model; applying a keep-mask prunes only the scope, the model still runs,
     gating (``mask``) gives the outputs removal gives, and achieved sparsity is measured in the scope."""
     import copy
@@ -216,9 +221,10 @@ def check_granularity(granularity: Granularity) -> None:
 
     from harness import surgery
 
-    model, batch = tiny_bert(layers=4), tiny_batches(count=1)[0]  # 4: a median keep-mask removes a layer
-    targets = _targets(granularity, model)
-    scores = _pruner_scores(granularity, model, lambda shape: torch.rand(shape, generator=torch.Generator().manual_seed(1)))
+    model, batch = tiny_bert(layers=4, device=device), tiny_batches(count=1, device=device)[0]  # 4: a median mask
+    targets = _targets(granularity, model)  # removes a layer
+    scores = _pruner_scores(granularity, model,
+                            lambda shape: torch.rand(shape, generator=torch.Generator().manual_seed(1)).to(device))
     keep = {k: v >= v.median() for k, v in _as_dict(scores).items()}
     for mask in keep.values():
         mask.reshape(-1)[0] = True  # never an empty layer
@@ -235,7 +241,7 @@ def check_granularity(granularity: Granularity) -> None:
                 masked = model(**inputs).logits
             assert torch.allclose(masked, logits, atol=1e-5), "masking and applying give the same outputs"
     if granularity.achieved is not None:  # units that are not weights (activations): sparsity measured on data
-        achieved = granularity.achieved(pruned, tiny_batches())
+        achieved = granularity.achieved(pruned, tiny_batches(device=device))
         assert isinstance(achieved, float) and 0.0 <= achieved <= 1.0, "achieved sparsity is a fraction in [0, 1]"
     else:
         left = surgery.count_nonzero(pruned, scope)[0] if set(scope) <= {n for n, _ in pruned.named_modules()} else 0
@@ -243,12 +249,12 @@ def check_granularity(granularity: Granularity) -> None:
     assert isinstance(granularity.held(pruned, keep_arg), Mapping), "held() gives a mapping of weight masks"
 
 
-def check_adapter(adapter: Adapter) -> None:
+def check_adapter(adapter: Adapter, device: str = "cpu") -> None:
     """Trains for exactly the given steps and returns a model that still runs."""
     import torch
 
-    model = tiny_bert()
-    batches = tiny_batches(count=3)
+    model = tiny_bert(device=device)
+    batches = tiny_batches(count=3, device=device)
     result = adapter.train(TrainRequest(model, iter(batches), 3, 1e-3, 0, options_for(adapter, {})))
     assert isinstance(result, TrainResult)
     assert result.steps == 3 and result.trainable_params > 0
@@ -283,20 +289,22 @@ CHECKS: dict[type, Callable[..., None]] = {
 }
 
 
-def check_plugin(record: Any, *, request: TaskRequest | None = None, granularities: tuple[Granularity, ...] = ()) -> None:
+def check_plugin(record: Any, *, request: TaskRequest | None = None, granularities: tuple[Granularity, ...] = (),
+                 device: str = "cpu") -> None:
     """Run the common checks and the checks of the record's role.
 
     ``request``: where a task finds its data; ``granularities``: granularity
-    records not installed (defined in a test) that scorers or pruners use.
+    records not installed (defined in a test) that scorers or pruners use;
+    ``device``: where models and batches live (tasks load data, which has none).
     """
     if isinstance(record, Granularity):
         assert record.name and not set(record.name) & set(" ,.=:"), "a granularity needs a plain name"
-        check_granularity(record)
+        check_granularity(record, device)
         return
     _check_common(record)
     if isinstance(record, Task):
         check_task(record, request)
     elif isinstance(record, (Scorer, Pruner)):
-        CHECKS[type(record)](record, granularities)
+        CHECKS[type(record)](record, granularities, device)
     else:
-        CHECKS[type(record)](record)
+        CHECKS[type(record)](record, device)

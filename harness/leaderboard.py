@@ -45,6 +45,8 @@ COLUMNS = (
     "decode_speedup_b8",
     "model_mb",
     "peak_mem_mb",
+    "device",
+    "dtype",
     "scoring_s",
     "prune_s",
     "updates_weights",
@@ -211,7 +213,7 @@ def _flag_names(flags: Any) -> str:
 
 AGGREGATE_KEYS = (
     "model", "task", "metric", "adapter", "scorer", "pruner", "granularity", "options", "targets", "recovery",
-    "schedule", "sparsity",
+    "schedule", "sparsity", "device", "dtype",
 )
 
 
@@ -259,10 +261,9 @@ def aggregate(frame: Any) -> Any:
         chance=("chance", "first"),
     ).reset_index()
     dense = table[(table["scorer"] == "none") & (table["pruner"] == "none")]
-    dense = dense[["model", "task", "adapter", "metric", "score_mean", "score_sd"]].rename(
-        columns={"score_mean": "dense_mean", "score_sd": "dense_sd"}
-    )
-    return table.merge(dense, on=["model", "task", "adapter", "metric"], how="left")
+    on = ["model", "task", "adapter", "metric", "device", "dtype"]  # a bfloat16 row compares with bfloat16's dense
+    dense = dense[[*on, "score_mean", "score_sd"]].rename(columns={"score_mean": "dense_mean", "score_sd": "dense_sd"})
+    return table.merge(dense, on=on, how="left")
 
 
 def write_aggregate(frame: Any, path: Path) -> None:

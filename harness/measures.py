@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
@@ -19,18 +19,27 @@ if TYPE_CHECKING:
 
 
 def latency_input(model: nn.Module, batch_size: int = 32, tokens: int = 128, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A fixed full-length batch of real token ids (no padding), the same for every model."""
+    """A fixed full-length batch of real token ids (no padding), the same for every model, on the model's device
+    (drawn on the CPU, so every device gets the same ids)."""
     import torch
+
+    from harness.devices import device_of
 
     generator = torch.Generator().manual_seed(seed)
     vocab = int(model.config.vocab_size)
-    ids = torch.randint(min(1000, vocab - 1), vocab, (batch_size, tokens), generator=generator)
+    ids = torch.randint(min(1000, vocab - 1), vocab, (batch_size, tokens), generator=generator).to(device_of(model))
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def _time_ms(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+    """One forward's wall time; on a GPU the queue is drained before and after, so the kernels are what is timed."""
+    from harness.devices import synchronize
+
+    device = inputs["input_ids"].device
+    synchronize(device)
     start = time.perf_counter()
     model(**inputs)
+    synchronize(device)
     return (time.perf_counter() - start) * 1000
 
 
@@ -109,6 +118,8 @@ def forward_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
     as sliced) at 2 FLOPs per nonzero weight and output position, so zeros from
     unstructured pruning count as skipped, which dense kernels do not do: this is
     the ideal, never a measured speed. Attention adds 2 x 2·T²·d per head.
+    Every row of ``inputs`` is full length (no padding), so every row costs the
+    same: one row is run and its count multiplied by the batch, the same integer.
     """
     import torch
 
@@ -124,13 +135,14 @@ def forward_flops(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
         total += 2 * int(module.weight.count_nonzero()) * (output.numel() // max(width, 1))
 
     handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
+    batch, tokens = inputs["input_ids"].shape
     try:
         with torch.inference_mode():
-            model(**inputs)
+            model(**{key: value[:1] for key, value in inputs.items()})
     finally:
         for handle in handles:
             handle.remove()
-    batch, tokens = inputs["input_ids"].shape
+    total *= batch
     geometry = surgery.head_geometry(model)
     return total + 4 * batch * tokens * tokens * geometry.head_dim * geometry.total_heads
 
@@ -171,16 +183,20 @@ def decode_ms(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[flo
     """
     import torch
 
+    from harness.devices import synchronize
+
     prompt = ids.shape[1] - new_tokens
     mask = torch.ones_like(ids)
     cache_argument = _cache_argument(model)
     output = model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], use_cache=True)
     cache = cache_of(output)
+    synchronize(ids.device)
     start = time.perf_counter()
     for step in range(prompt, ids.shape[1]):
         output = model(input_ids=ids[:, step : step + 1], attention_mask=mask[:, : step + 1], use_cache=True,
                        **{cache_argument: cache})
         cache = cache_of(output)
+    synchronize(ids.device)
     elapsed = (time.perf_counter() - start) * 1000
     length = cache.get_seq_length() if hasattr(cache, "get_seq_length") else cache[0][0].shape[-2]  # legacy tuples
     return elapsed / max(new_tokens, 1), int(length)
@@ -240,7 +256,11 @@ def inference_memory(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int |
     """
     import torch
 
-    device = next(model.parameters()).device
+    from harness.devices import device_of
+
+    device = device_of(model)
+    if device.type not in ("cpu", "cuda"):
+        return None  # no counter of a pass's own peak there (MPS)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -299,3 +319,41 @@ def speed_and_memory(dense: nn.Module, model: nn.Module, inputs: dict[str, torch
     columns["model_mb"] = round(model_bytes(model) / 2**20, 3)
     columns["peak_mem_mb"] = "" if peak is None else round(peak / 2**20, 3)
     return columns
+
+
+def kernel_signature(model: nn.Module) -> str | None:
+    """A digest of what decides the work of a forward pass: module types and settings (``repr``), every parameter's
+    and buffer's shape, dtype and device, the attention kernel. ``None`` when a module has a forward hook, which may
+    add work a signature cannot see. Zeros in place (unstructured, N:M) leave it unchanged: dense kernels do the
+    same work on them."""
+    import hashlib
+    import itertools
+
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return None
+    parts = [repr(model), str(getattr(getattr(model, "config", None), "_attn_implementation", ""))]
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    parts.extend(sorted(f"{name}:{tuple(t.shape)}:{t.dtype}:{t.device}" for name, t in tensors))  # a mask made
+    # permanent registers its weight again, last: the order of registration is not work
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class SharedTimings:
+    """The speed and memory columns of each kernel signature timed in a unit, with the run id of the row that
+    measured them: a later model of the same signature runs the same kernels, so it gets those columns instead of
+    being timed again (its row says ``latency_from``). Speedups stay against the unit's dense model."""
+
+    seen: dict[str, tuple[str, dict[str, float | str]]] = field(default_factory=dict)
+
+    def columns(self, run_id: str, dense: nn.Module, model: nn.Module, inputs: dict[str, torch.Tensor],
+                decode_inputs: dict[int, torch.Tensor], new_tokens: int) -> tuple[dict[str, float | str], str | None]:
+        """The row's speed columns and the run id they were measured for (``None``: measured now)."""
+        signature = kernel_signature(model)
+        if signature is not None and signature in self.seen:
+            source, columns = self.seen[signature]
+            return dict(columns), source
+        columns = speed_and_memory(dense, model, inputs, decode_inputs, new_tokens)
+        if signature is not None:
+            self.seen[signature] = (run_id, columns)
+        return columns, None

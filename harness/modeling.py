@@ -105,18 +105,44 @@ def _adamw_losses(request: TrainRequest) -> list[float]:
     optimizer = torch.optim.AdamW(parameters, lr=request.learning_rate, weight_decay=float(options["weight_decay"]))
     warmup = int(float(options["warmup_ratio"]) * request.steps)
     schedule = get_linear_schedule_with_warmup(optimizer, warmup, max(request.steps, 1))
+    scaler = _loss_scaler(parameters)
     model.train()
     losses: list[float] = []
     for step, batch in enumerate(request.batches, start=1):
         loss = per_example_loss(model, batch).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, float(options["max_grad_norm"]))
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, float(options["max_grad_norm"]))
+            optimizer.step()
+        else:
+            _scaled_step(scaler, loss, optimizer, parameters, float(options["max_grad_norm"]))
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         request.log("train/loss", losses[-1], step)
     return losses
+
+
+def _loss_scaler(parameters: list[torch.Tensor]) -> Any | None:
+    """A gradient scaler when the loop runs under float16 autocast (``--dtype float16``), whose small gradients
+    underflow unscaled; ``None`` otherwise (bfloat16 has float32's range)."""
+    import torch
+
+    kind = parameters[0].device.type if parameters else "cpu"
+    if not torch.is_autocast_enabled(kind) or torch.get_autocast_dtype(kind) != torch.float16:
+        return None
+    return torch.amp.GradScaler(kind)
+
+
+def _scaled_step(scaler: Any, loss: torch.Tensor, optimizer: Any, parameters: list[torch.Tensor], clip: float) -> None:
+    """One float16 step: scaled backward, unscaled clipping, a step skipped when a gradient overflowed."""
+    import torch
+
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters, clip)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @cache

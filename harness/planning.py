@@ -7,6 +7,7 @@ is trained; :mod:`harness.cells` then runs the plan unit by unit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,6 +309,7 @@ def _methods(grid: Grid, chosen: dict[str, list[Any]], registry: Registry) -> li
 
 def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict[str, Any]]) -> Plan:
     """Validate the whole grid up front (numbers, plugins, models, task data) so bad input costs nothing."""
+    config = _placed(config)
     grid = config.grid
     _check_grid(grid)
     _check_numbers(config)
@@ -332,6 +334,17 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
     _check_budgets(config, plan, configs)
     _check_schedules(plan)
     return plan
+
+
+def _placed(config: BenchConfig) -> BenchConfig:
+    """``--device auto`` and ``--dtype auto`` resolved to what this machine runs (a missing device is a one-line
+    error), so that keys and rows name the device and dtype that computed them."""
+    from harness import devices
+
+    budget = config.budget
+    device = devices.resolve_device(budget.device)
+    dtype = devices.resolve_dtype(budget.dtype, device)
+    return dataclasses.replace(config, budget=dataclasses.replace(budget, device=device, dtype=dtype))
 
 
 def _check_schedules(plan: Plan) -> None:

@@ -4,6 +4,9 @@ Together with :mod:`harness.hookspecs` this module is the whole plugin contract:
 a plugin returns role records (:class:`Scorer`, :class:`Pruner`, :class:`Adapter`,
 :class:`Task`) and the harness calls their single function with a request record.
 Torch is only named for type checkers, so importing the contract stays cheap.
+Every model and batch in a request lives on the run's device (``--device``),
+and training, scoring and pruning run under autocast to ``--dtype`` with float32
+parameters (see :mod:`harness.devices`); scores reach a pruner as CPU tensors.
 """
 
 from __future__ import annotations

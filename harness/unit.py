@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import adaptation, batching, chance, measures, modeling, schedules, surgery
+from harness import adaptation, batching, chance, devices, measures, modeling, schedules, surgery
 from harness import data as taskdata
 from harness.cache import Cache, default_root, digest, fingerprint_folder, untied
 from harness.cells import DENSE, Cell, UnitSpec
@@ -90,6 +90,13 @@ class Unit:
     scopes: dict = field(default_factory=dict)  # granularity -> (module names, dense weight count)
     target_names: tuple[str, ...] | None = None  # the --targets modules, found once
     chance: float | None = None  # the task's trivial reference score (harness.chance), None where unknown
+    dense_served: Any = None  # the dense model as evaluation and latency see it (cast to --dtype; itself for float32)
+    timings: measures.SharedTimings = field(default_factory=measures.SharedTimings)  # per kernel signature
+
+    @property
+    def placement(self) -> devices.Placement:
+        budget = self.plan.config.budget
+        return devices.Placement(budget.device, budget.dtype)
 
     @property
     def train_steps(self) -> int:
@@ -137,7 +144,8 @@ class Unit:
         key = digest({**parts, "identity": self.identity, "budget": budget,
                       "measure": dataclasses.asdict(plan.config.measure), "code": code})
         return {"run_id": key, **parts, "schedule": cell.schedule if cell.pruner else "", "metric": self.data.metric,
-                "train_s": round(self.train_s, 2), **self.adapted}
+                "device": self.budget.device, "dtype": self.budget.dtype, "train_s": round(self.train_s, 2),
+                **self.adapted}
 
     def unit_key(self) -> str:
         """Hash of what determines the fine-tuned model: the cache key of the unit's training."""
@@ -176,24 +184,29 @@ class Unit:
         """Quality on the validation split, size, sparsity, FLOPs, latency and speedup over the dense model.
 
         One row per metric (see :func:`metric_rows`); a pruned model is timed in
-        alternation with the dense one, in the same run, once for all of them.
+        alternation with the dense one, in the same run, once for all of them, unless
+        a model of the unit with the same kernels was timed (``latency_from``).
         """
-        scores, quality_flags = self._evaluated(model)
+        dense = model is self.model
+        served = self.dense_served if dense else self.placement.served(model, copy=False)
+        scores, quality_flags = self._evaluated(served)
         if chance.at_chance(self.data.metric, scores[self.data.metric], self.chance):
             quality_flags = (*quality_flags, chance.FLAG)
         flags = sorted({*self.flags, *row.pop("flags", ()), *quality_flags})
         geometry = surgery.head_geometry(model)
-        speed = measures.speed_and_memory(self.model, model, self.latency_input, self.decode_inputs,
-                                          self.plan.config.measure.decode_tokens)
+        speed, timed_for = self.timings.columns(row["run_id"], self.dense_served, served, self.latency_input,
+                                                self.decode_inputs, self.plan.config.measure.decode_tokens)
+        if timed_for is not None:
+            row.setdefault("extras", {})["latency_from"] = timed_for
         log = self.scalars.logger(f"cell-{row['run_id']}")
         for name, value in scores.items():
             log(f"eval/{name}", value, 0)
         log("eval/heads_kept", geometry.total_heads, 0)
         log("eval/latency_ms", float(speed["latency_ms"]), 0)
-        gflops = measures.forward_flops(model, self.latency_input) / 1e9 if model is not self.model else self.dense_gflops
+        gflops = self.dense_gflops if dense else measures.forward_flops(model, self.latency_input) / 1e9
         achieved = self.sparsity_of(model, granularity)
         log("eval/achieved_sparsity", achieved, 0)
-        extras = {**self.data.protocol, **row.pop("extras", {})}
+        extras = {**self.data.protocol, "device_name": devices.describe(self.budget.device), **row.pop("extras", {})}
         return metric_rows({
             **row,
             "extras": json.dumps({k: _rounded(v) for k, v in sorted(extras.items())}) if extras else "",
@@ -230,12 +243,15 @@ class Unit:
     def prepare(self) -> None:
         """Load and fine-tune (or load the cached fine-tune of) the dense model: the reference of every cell."""
         budget, measure = self.budget, self.plan.config.measure
+        placement = self.placement
         self.model, self.tokenizer = load_for_task(self.source, self.data, self.seed)
+        self.model.to(placement.device)
         self.feed = batching.feed_for(self.data, self.tokenizer)
-        self.eval_batches = self.feed.evaluation(budget.eval_limit)
-        self.calibration = self.feed.calibration(budget.calib_examples, budget.batch_size, self.seed)
+        evaluation = self.feed.evaluation(budget.eval_limit)
         vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
-        self.chance = chance.reference(self.data, self.feed, self.eval_batches, vocab)
+        self.chance = chance.reference(self.data, self.feed, evaluation, vocab)
+        self.eval_batches = placement.batches(evaluation)
+        self.calibration = placement.batches(self.feed.calibration(budget.calib_examples, budget.batch_size, self.seed))
         meta = self.cache.load_model(self.unit_key(), self.model, before=adaptation.restore_architecture)
         if meta is None:
             meta, updates = self._train()
@@ -245,7 +261,8 @@ class Unit:
         self.train_s = float(meta["train_s"])
         self.adapted = adaptation.row_columns(meta)
         self.flags = adaptation.training_flags(meta.get(LOSS_KEY), self.data)
-        self.model.eval()
+        self.model.to(placement.device).eval()  # modules a cached adapter's architecture added start on the CPU
+        self.dense_served = placement.served(self.model, copy=True)
         self.heads_total = surgery.head_geometry(self.model).total_heads
         self.latency_input = measures.latency_input(self.model, measure.latency_batch, measure.latency_tokens)
         self.dense_gflops = measures.forward_flops(self.model, self.latency_input) / 1e9
@@ -280,7 +297,8 @@ class Unit:
             stream = progress.ticking(self.train_batches(self.train_steps), step)  # a step per batch the loop takes
             request = TrainRequest(self.model, stream, self.train_steps, budget.learning_rate, self.seed, options, log)
             start = time.perf_counter()
-            result = self.adapter.train(request)
+            with self.placement.autocast():
+                result = self.adapter.train(request)
             elapsed = time.perf_counter() - start
         self.model = result.model.eval()
         self.cache.counts["fine_tunes_run"] += 1
@@ -292,7 +310,7 @@ class Unit:
         return self.measure(self.model, {**self.row(DENSE), "scoring_s": 0.0, "prune_s": 0.0, "updates_weights": False})
 
     def train_batches(self, steps: int, seed_offset: int = 0) -> Any:
-        return self.feed.stream(steps, self.budget.batch_size, self.seed + seed_offset)
+        return self.placement.stream(self.feed.stream(steps, self.budget.batch_size, self.seed + seed_offset))
 
     def scores(self, scorer: Scorer | None, pruner: Pruner, sparsity: float | None, gated: Gated | None = None) -> Scored:
         """A scorer's output on a copy of the dense model (once, or once per sparsity if it learns), cached.
@@ -357,7 +375,7 @@ class Unit:
         at = f"@{sparsity:g}" if sparsity is not None else ""
         start = time.perf_counter()
         gate = granularity.mask(model, gated.keep) if gated is not None and granularity.mask else nullcontext()
-        with progress.phase(f"scoring {scorer.name} ({granularity.name}){at}"), gate:
+        with progress.phase(f"scoring {scorer.name} ({granularity.name}){at}"), gate, self.placement.autocast():
             values = scorer.score(request)
         elapsed = time.perf_counter() - start
         values = checked_scores(scorer, values, expected)
@@ -376,9 +394,10 @@ class Unit:
         model = copy.deepcopy(base) if pruner.updates_model else base  # its own copy to reconstruct in
         request = PruneRequest(scores, cell.sparsity, options_for(pruner, self.plan.overrides), self.seed, kv_heads,
                                model, log, self.calibration)
-        keep, scoring_s, mask_s = schedules.keep_mask(self, cell, scored, request)
-        start = time.perf_counter()
-        model = granularity.apply(model if pruner.updates_model else copy.deepcopy(base), keep)
+        with self.placement.autocast():
+            keep, scoring_s, mask_s = schedules.keep_mask(self, cell, scored, request)
+            start = time.perf_counter()
+            model = granularity.apply(model if pruner.updates_model else copy.deepcopy(base), keep)
         row["prune_s"] = round(mask_s + time.perf_counter() - start, 3)
         row["scoring_s"] = round(scoring_s, 3)
         row["updates_weights"] = bool((cell.scorer is not None and cell.scorer.updates_model) or
@@ -398,7 +417,8 @@ class Unit:
         steps = self.budget.recover_steps
         request = TrainRequest(model, self.train_batches(steps, seed_offset=1), steps, self.budget.learning_rate,
                                self.seed, options_for(adapter, self.plan.overrides))
-        return adaptation.recover(adapter, request, held, self.data)
+        with self.placement.autocast():
+            return adaptation.recover(adapter, request, held, self.data)
 
     def error_row(self, cell: Cell, error: BaseException) -> Row:
         return {**self.row(cell), "status": "error", "error": _error_text(error)}

@@ -84,18 +84,19 @@ def score_taylor_neuron(request: ScoreRequest) -> torch.Tensor:
     import torch
 
     from harness import modeling, surgery
+    from harness.calibration import model_device
 
     if not request.batches:
         raise ValueError("taylor-neuron needs at least one calibration batch")
-    widths = surgery.ffn_widths(request.model)
-    total = torch.full((len(widths), max(widths)), 0.0)
+    widths, device = surgery.ffn_widths(request.model), model_device(request.model)
+    total = torch.full((len(widths), max(widths)), 0.0)  # float32 on the CPU, like every returned score
     with _only_grad(request.model, ()), surgery.NeuronGates(request.model) as gates:
-        for batch in request.batches:
-            gate = [torch.ones(len(batch["labels"]), w, requires_grad=True) for w in widths]
+        for batch in request.batches:  # float32 gates on the model's device (cast to the activations' dtype)
+            gate = [torch.ones(len(batch["labels"]), w, device=device, requires_grad=True) for w in widths]
             gates.gate = gate
             loss = modeling.per_example_loss(request.model, batch).sum()
             for index, grad in enumerate(torch.autograd.grad(loss, gate)):
-                total[index, : widths[index]] += grad.abs().sum(0)
+                total[index, : widths[index]] += grad.abs().sum(0).float().cpu()
     examples = sum(len(b["labels"]) for b in request.batches)
     for index, width in enumerate(widths):
         total[index, width:] = -examples  # absent neurons of an already pruned layer: never kept

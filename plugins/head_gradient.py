@@ -32,20 +32,21 @@ def _accumulate(request: ScoreRequest) -> torch.Tensor:
     import torch
 
     from harness import modeling, surgery
+    from harness.calibration import model_device
 
     model = request.model.eval()
-    heads = surgery.head_geometry(model).heads_per_layer
-    total = torch.zeros(len(heads), max(heads))
+    heads, device = surgery.head_geometry(model).heads_per_layer, model_device(model)
+    total = torch.zeros(len(heads), max(heads))  # float32 on the CPU, like every returned score
     per_example = HeadGradientOptions.of(request.options).per_example
     with surgery.HeadGates(model) as gates:
-        for batch in request.batches:
+        for batch in request.batches:  # float32 gates on the model's device (cast to the activations' dtype)
             size = len(batch["labels"]) if per_example else 1
-            layer_gates = [torch.ones(size, n, requires_grad=True) for n in heads]
+            layer_gates = [torch.ones(size, n, device=device, requires_grad=True) for n in heads]
             gates.gate = layer_gates
             loss = modeling.per_example_loss(model, batch).sum()
             grads = torch.autograd.grad(loss, layer_gates)
             for index, grad in enumerate(grads):
-                total[index, : heads[index]] += grad.abs().sum(0)
+                total[index, : heads[index]] += grad.abs().sum(0).float().cpu()
     return total
 
 

@@ -58,10 +58,14 @@ def open_probability(log_alpha: torch.Tensor, temperature: float) -> torch.Tenso
 
 
 def sample_gates(log_alpha: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A differentiable hard-concrete sample in [0, 1] with exact zeros and ones."""
+    """A differentiable hard-concrete sample in [0, 1] with exact zeros and ones.
+
+    The uniform noise is drawn on the CPU (``generator`` is a CPU generator) and
+    moved to ``log_alpha``'s device: the same draws on every device.
+    """
     import torch
 
-    u = torch.rand(log_alpha.shape, generator=generator).clamp(1e-6, 1 - 1e-6)
+    u = torch.rand(log_alpha.shape, generator=generator).clamp(1e-6, 1 - 1e-6).to(log_alpha.device)
     s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / temperature)
     return (s * (LIMIT_R - LIMIT_L) + LIMIT_L).clamp(0.0, 1.0)
 
@@ -125,16 +129,18 @@ def train_gates(request: ScoreRequest) -> GateResult:
     import torch
 
     from harness import modeling, progress, surgery
+    from harness.calibration import model_device
 
     options = L0Options.of(request.options)  # a (partial) dict from tests is checked and completed alike
     model, steps, temperature = request.model, options.steps, options.temperature
     heads = surgery.head_geometry(model).heads_per_layer
     total = sum(heads)
     target = _budget(request, options, total)
-    generator = torch.Generator().manual_seed(request.seed)
+    device = model_device(model)
+    generator = torch.Generator().manual_seed(request.seed)  # CPU draws, moved: the same gates on every device
     noise = 0.01 * torch.randn((len(heads), max(heads)), generator=generator)
-    log_alpha = (options.init_log_alpha + noise).requires_grad_(True)
-    lambdas = torch.zeros(2, requires_grad=True)
+    log_alpha = (options.init_log_alpha + noise).to(device).requires_grad_(True)  # float32, on the model's device
+    lambdas = torch.zeros(2, device=device, requires_grad=True)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     optimizer = _optimizer(model, log_alpha, options)
     controller = torch.optim.Adam([lambdas], lr=options.lagrangian_lr, maximize=True)
@@ -159,7 +165,7 @@ def train_gates(request: ScoreRequest) -> GateResult:
         model.eval()
         for parameter, wanted in flags:
             parameter.requires_grad_(wanted)
-    return _result(log_alpha.detach(), temperature, target, step)
+    return _result(log_alpha.detach().cpu(), temperature, target, step)
 
 
 def _log(request: ScoreRequest, step: int, task_loss, expected, log_alpha, temperature: float, lambdas) -> None:

@@ -47,7 +47,7 @@ def compute_mask(request: PruneRequest) -> torch.Tensor:
     if scores.dim() != 1:
         raise ValueError(f"layers: scores must be one per layer ([L]), not of shape {tuple(scores.shape)}")
     remove = layers_to_remove(len(scores), request.sparsity, LayerOptions.of(request.options).min_layers)
-    keep = torch.ones(len(scores), dtype=torch.bool)
+    keep = torch.ones(len(scores), dtype=torch.bool, device=scores.device)  # the indices below live there too
     keep[torch.sort(scores.float(), stable=True).indices[:remove]] = False
     return keep
 

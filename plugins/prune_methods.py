@@ -211,7 +211,7 @@ def lamp(scores: torch.Tensor) -> torch.Tensor:
     """
     import torch
 
-    flat = scores.reshape(-1).double().square()
+    flat = scores.reshape(-1).cpu().double().square()  # on the CPU: float64 (MPS has none)
     order = torch.argsort(flat)
     ranked = flat[order]
     tail = ranked.flip(0).cumsum(0).flip(0)  # Σ over entries ranked at or above each one
@@ -265,9 +265,12 @@ def _random(request: PruneRequest, structured_rows: bool) -> dict[str, torch.Ten
     amount = request.sparsity
     method = prune.RandomStructured(amount, dim=0) if structured_rows else prune.RandomUnstructured(amount)
     masks = {}
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # only the CPU generator is seeded, and restored afterwards
         for name, s in request.scores.items():
-            torch.manual_seed(int(request.seed) * 1_000_003 + zlib.crc32(name.encode()))
+            # the CPU generator alone (torch.manual_seed would also reseed every GPU's, outside the fork), and
+            # the draws made on the CPU: the same masks whatever device the scores are on
+            torch.default_generator.manual_seed(int(request.seed) * 1_000_003 + zlib.crc32(name.encode()))
+            s = s.cpu()
             masks[name] = method.compute_mask(s, _ones(s)).bool()
     return masks
 

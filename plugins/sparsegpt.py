@@ -73,6 +73,8 @@ def _inverse_factor(gram: torch.Tensor, percdamp: float) -> torch.Tensor:
     import torch
 
     h = gram.clone()
+    if h.device.type == "mps":  # linear algebra MPS may lack (cholesky_inverse): on the CPU, the factor moved back
+        return _inverse_factor(h.cpu(), percdamp).to(gram.device)
     h.diagonal().add_(percdamp * h.diagonal().mean())
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
@@ -106,12 +108,23 @@ def reconstruct(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, patte
     a keep-mask, skips mask selection: only the reconstruction runs. ``count``
     (unstructured only): ``"exact"`` removes each block's share of
     ``round(sparsity × weights)``, ``"reference"`` as the reference code does.
+    Always float32, with autocast off: under ``torch.autocast`` the OBS updates
+    (matmuls) would otherwise run in bfloat16/float16.
     """
+    from harness.calibration import full_precision
+
+    with full_precision(weight.device):
+        return _reconstruct(weight, gram, sparsity, pattern, blocksize, percdamp, fixed, count)
+
+
+def _reconstruct(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, pattern: tuple[int, int] | None,
+                 blocksize: int, percdamp: float, fixed: torch.Tensor | None,
+                 count: str) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     w = weight.detach().float().contiguous().clone()
     rows, cols = w.shape
-    gram = gram.detach().float().clone()
+    gram = gram.detach().to(w.device, torch.float32).clone()
     dead = gram.diagonal() == 0
     gram[dead, dead] = 1.0
     w[:, dead] = 0.0
@@ -121,7 +134,7 @@ def reconstruct(weight: torch.Tensor, gram: torch.Tensor, sparsity: float, patte
         end = min(start + blocksize, cols)
         block, factor = w[:, start:end].clone(), u[start:end, start:end]
         if fixed is not None:
-            pruned[:, start:end] = ~fixed[:, start:end]
+            pruned[:, start:end] = ~fixed[:, start:end].to(pruned.device, torch.bool)
         elif pattern is None and count == "reference":
             pruned[:, start:end] = _select_as_reference(block, factor.diagonal(), sparsity)
         elif pattern is None:

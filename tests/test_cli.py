@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import error_of
 
-from harness import Scorer, hookimpl
+from harness import Scorer, devices, hookimpl
 from harness.cli import main
 from harness.leaderboard import COLUMNS
 
@@ -171,7 +172,10 @@ def test_scores_are_computed_once_or_once_per_sparsity(tiny_model_dir, tmp_path:
     assert main(argv, extra=[counting]) == 0
     assert sorted(counting.calls) == [("once", None), ("per-budget", 0.25), ("per-budget", 0.5), ("per-budget", 0.75)]
     frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv", keep_default_na=False)
-    assert set(frame[frame["scorer"] != "none"]["extras"]) == {'{"calib_examples": 16, "probe/value": 3.5}'}
+    extras = [json.loads(text) for text in frame[frame["scorer"] != "none"]["extras"]]
+    own = {json.dumps({k: v for k, v in e.items() if k not in ("device_name", "latency_from")}) for e in extras}
+    assert own == {'{"calib_examples": 16, "probe/value": 3.5}'}
+    assert all(e["device_name"] == devices.describe("cpu") for e in extras)
 
 
 def test_tensorboard_scalars_per_run(tiny_model_dir, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import SHARED_DATA
 
@@ -10,6 +12,8 @@ from harness.errors import UsageError
 from harness.records import TaskRequest
 
 ITEMS = conformance.registered()
+# where the suite puts models and batches: the CPU here and in CI; HARNESS_TEST_DEVICE=cuda on a GPU machine
+DEVICE = os.environ.get("HARNESS_TEST_DEVICE", "cpu")
 
 
 def test_every_role_has_a_builtin() -> None:
@@ -58,7 +62,7 @@ def test_conformance(item, tmp_path) -> None:
                 raise
             pytest.skip(f"no ../shared/data and no hub: {error}")
     else:
-        conformance.check_plugin(item.record)
+        conformance.check_plugin(item.record, device=DEVICE)
 
 
 def test_conformance_catches_a_broken_scorer() -> None:

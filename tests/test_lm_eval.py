@@ -177,7 +177,7 @@ def grid(model_dir: Path, suite: Path, out: Path, isolation: str = "none") -> ha
     return harness.run(models=[str(model_dir)], tasks=["lm-eval"], options=[f"lm-eval.tasks={paths(suite)}",
                        "lm-eval.max_length=16"], plugins=["magnitude", "unstructured"], sparsities=[0.5],
                        baselines=False, train_steps=0, calib_examples=4, latency_batch=1, latency_tokens=8,
-                       isolation=isolation, progress=False, out=out)
+                       isolation=isolation, progress=False, out=out, dtype="float32")  # compared with float32 below
 
 
 def magnitude_pruned(model_dir: Path, sparsity: float):

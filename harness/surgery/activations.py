@@ -211,6 +211,8 @@ def threshold_for(values: torch.Tensor, sparsity: float) -> float:
         return 0.0
     if k >= n:
         return float("inf")
+    if values.device.type == "mps":  # kthvalue may be missing there
+        values = values.cpu()
     below, above = (values.kthvalue(rank).values for rank in (k, k + 1))
     return float((below + above) / 2 if above > below else above)  # in the values' dtype: what the buffer holds
 
@@ -235,10 +237,11 @@ def calibrate_activation_thresholds(model: nn.Module, batches: Sequence[Batch], 
 
     def keep(index: int, h: torch.Tensor) -> None:
         values = h.abs().float().flatten()
-        if rates[index] < 1.0:
+        if rates[index] < 1.0:  # drawn on the CPU, then moved: the same sample on every device
             if "g" not in generator:
-                generator["g"] = torch.Generator(device=values.device).manual_seed(seed)
-            values = values[torch.rand(values.numel(), generator=generator["g"], device=values.device) < rates[index]]
+                generator["g"] = torch.Generator().manual_seed(seed)
+            draws = torch.rand(values.numel(), generator=generator["g"]).to(values.device)
+            values = values[draws < rates[index]]
         samples[index].append(values)
 
     visit_ffn_activations(model, batches, keep)

@@ -33,6 +33,7 @@ def slice_projection(module: nn.Module, index: torch.Tensor, side: str) -> None:
     conv = _is_conv1d(module)
     dim = weight_axis(module, side)  # Linear: out rows are dim 0; Conv1D: out columns are dim 1
     requires_grad = module.weight.requires_grad
+    index = index.to(module.weight.device)  # index_select needs the index on the weight's device
     weight = module.weight.detach().index_select(dim, index).clone()
     module.weight = torch.nn.Parameter(weight, requires_grad=requires_grad)
     if side == "out" and module.bias is not None:

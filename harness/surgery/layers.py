@@ -157,6 +157,8 @@ class LayerGates(BlockHooks):
         self.gate: torch.Tensor | None = None
 
     def _hook(self, index: int) -> Callable:
+        import torch
+
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             if self.gate is None:
                 return None
@@ -164,7 +166,13 @@ class LayerGates(BlockHooks):
             if not gate.requires_grad and gate.dim() == 0 and float(gate) in (0.0, 1.0):
                 return None if float(gate) == 1.0 else _with_hidden(output, x)
             y = _hidden_out(output)
-            gate = gate.reshape(*gate.shape, *([1] * (y.dim() - gate.dim()))).to(y.device, y.dtype)
+            gate = gate.reshape(*gate.shape, *([1] * (y.dim() - gate.dim())))
+            if gate.requires_grad:  # dL/dgate sums over tokens: at least float32 even for bf16/fp16 hidden states
+                dtype = torch.promote_types(x.dtype, y.dtype)
+                wide = torch.promote_types(dtype, torch.float32)
+                xw, yw = x.to(wide), y.to(wide)
+                return _with_hidden(output, (xw + gate.to(y.device, wide) * (yw - xw)).to(dtype))
+            gate = gate.to(y.device, y.dtype)  # a float32 gate would promote bf16/fp16 hidden states
             return _with_hidden(output, x + gate * (y - x))
 
         return hook

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from harness.surgery.common import ProjectionGates, get, in_width, slice_projection, weight_axis
-from harness.surgery.heads import layout_of
+from harness.surgery.heads import _device, layout_of
 
 if TYPE_CHECKING:
     import torch
@@ -86,6 +86,8 @@ class NeuronGates(ProjectionGates):
         self.gate: Sequence[torch.Tensor] | None = None
 
     def _hook(self, index: int):
+        import torch
+
         def pre_hook(module: nn.Module, args: tuple) -> tuple | None:
             if self.gate is None:
                 return None
@@ -94,7 +96,10 @@ class NeuronGates(ProjectionGates):
                 raise ValueError(f"layer {index} has {x.shape[-1]} neurons, gate has {gate.shape[-1]}")
             if gate.dim() == 2:  # per example: [B, I] against [B, T..., I]
                 gate = gate.reshape(gate.shape[0], *([1] * (x.dim() - 2)), gate.shape[-1])
-            return x * gate.to(x.dtype), *args[1:]
+            if gate.requires_grad:  # dL/dgate sums over tokens: at least float32 even for bf16/fp16 activations
+                wide = torch.promote_types(x.dtype, torch.float32)
+                return (x.to(wide) * gate.to(x.device, wide)).to(x.dtype), *args[1:]
+            return x * gate.to(x.device, x.dtype), *args[1:]  # a float32 gate would promote bf16 activations
 
         return pre_hook
 
@@ -108,7 +113,8 @@ def mask_neurons(model: nn.Module, keep: torch.Tensor) -> Iterator[NeuronGates]:
     """Zero the neurons where ``keep`` ([L, I], bool) is false while the context is open."""
     widths = ffn_widths(model)
     with NeuronGates(model) as gates:
-        gates.gate = [keep[index, :width].float() for index, width in enumerate(widths)]
+        device = _device(model)  # moved once, not on every forward
+        gates.gate = [keep[index, :width].float().to(device) for index, width in enumerate(widths)]
         yield gates
 
 
@@ -164,7 +170,7 @@ def neuron_scores(model: nn.Module, per_weight: dict[str, torch.Tensor]) -> torc
     scores = torch.full((len(widths), max(widths)), -1.0)
 
     def per_neuron(name: str, side: str) -> torch.Tensor:  # sum over the axis that is not the neuron's
-        return per_weight[name].float().sum(1 - weight_axis(modules[name], side))
+        return per_weight[name].float().sum(1 - weight_axis(modules[name], side)).cpu()  # scores: CPU, float32
 
     for index, (ups, down) in enumerate(ffn_module_names(model)):
         total = per_neuron(down, "in")
