@@ -71,6 +71,15 @@ def predict(model: nn.Module, batches: Iterable[Batch]) -> list[int]:
     return predictions
 
 
+def full_precision(model: nn.Module) -> Any:
+    """A context where autocast is off on the model's device: what a plugin computes from weights inside a stage that
+    runs under ``--dtype`` autocast (a merged low-rank update, a Hessian) stays float32."""
+    from harness.calibration import full_precision as off
+    from harness.calibration import model_device
+
+    return off(model_device(model))
+
+
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

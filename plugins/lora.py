@@ -143,7 +143,6 @@ def train(request: TrainRequest, variant: str = "lora") -> TrainResult:
     from peft import get_peft_model
 
     from harness import modeling
-    from harness.calibration import full_precision, model_device
 
     options = LoraOptions.of(request.options)  # a (partial) dict from tests is checked and completed alike
     model = request.model
@@ -154,7 +153,7 @@ def train(request: TrainRequest, variant: str = "lora") -> TrainResult:
     lr = options.lr
     inner = TrainRequest(peft_model, request.batches, request.steps, lr, request.seed, options, request.log)
     steps, final_loss = modeling.train_adamw(inner)
-    with full_precision(model_device(model)):  # B·A and the merge in float32, not in autocast's bfloat16
+    with modeling.full_precision(model):  # B·A and the merge in float32, not in autocast's bfloat16
         updates = delta_weights(peft_model)
         merged = peft_model.merge_and_unload(safe_merge=True)
     for name, parameter in merged.named_parameters():
