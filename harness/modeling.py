@@ -74,10 +74,16 @@ def predict(model: nn.Module, batches: Iterable[Batch]) -> list[int]:
 def full_precision(model: nn.Module) -> Any:
     """A context where autocast is off on the model's device: what a plugin computes from weights inside a stage that
     runs under ``--dtype`` autocast (a merged low-rank update, a Hessian) stays float32."""
-    from harness.calibration import full_precision as off
-    from harness.calibration import model_device
+    import contextlib
 
-    return off(model_device(model))
+    import torch
+
+    parameter = next(iter(model.parameters()), None)
+    kind = parameter.device.type if parameter is not None else "cpu"
+    try:
+        return torch.autocast(device_type=kind, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: nothing is autocast there either
+        return contextlib.nullcontext()
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
