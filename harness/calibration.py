@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
+from harness.devices import device_of as model_device  # noqa: F401 - plugins' name for it
+from harness.devices import full_precision
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -38,30 +41,6 @@ def input_axis(module: nn.Module) -> int:
     if isinstance(module, torch.nn.Linear):
         return 1
     raise ValueError(f"input_axis knows torch.nn.Linear and transformers' Conv1D, not {type(module).__name__}")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters live (CPU for a model without any)."""
-    import torch
-
-    return next(iter(model.parameters()), torch.empty(0)).device
-
-
-def full_precision(device: torch.device | str) -> Any:
-    """A context where ``torch.autocast`` is off on ``device``'s type: matmuls of float32 inputs stay float32.
-
-    Statistics that need precision (XᵀX, Cholesky factors, OBS updates) are taken
-    with it even when the caller runs the model under autocast (bf16/fp16).
-    """
-    import contextlib
-
-    import torch
-
-    kind = torch.device(device).type
-    try:
-        return torch.autocast(device_type=kind, enabled=False)
-    except RuntimeError:  # a device type autocast does not know: nothing can be autocast there either
-        return contextlib.nullcontext()
 
 
 @contextmanager

@@ -57,7 +57,7 @@ class Budget:
     recover_steps: int = field(default=200, metadata=_stage("recovery"))
     # where every stage runs and in which precision (harness.devices); planning resolves "auto" to the device and
     # dtype used, so a key names what computed it. dtype auto: bfloat16 where the device computes it natively (MiniLM
-    # on SST-2, 3 seeds, on this 2-core CPU: fine-tune 3x and prefill 3.4x faster, accuracy within one example)
+    # on SST-2, 3 seeds, on this 2-core CPU: fine-tune 2.7x and prefill 3.1x faster, accuracy within one example)
     device: str = field(default="auto", metadata=_stage("train"))
     dtype: str = field(default="auto", metadata=_stage("train"))
 

@@ -35,14 +35,16 @@ def resolve_device(name: str) -> str:
         if torch.cuda.is_available():
             return "cuda"
         return "mps" if _mps_available() else "cpu"
-    kind, _, index = text.partition(":")
+    kind, colon, index = text.partition(":")
+    if colon and not index.isdigit():  # "cuda:" or "cuda:x" would fail later, in torch, with a traceback
+        raise UsageError(f"--device {name!r}: not a device (use {DEVICE_HELP})")
     if kind == "cpu" and not index:
         return "cpu"
     if kind == "mps" and not index:
         if not _mps_available():
             raise UsageError("--device mps: this machine has no MPS (Apple GPU) device")
         return "mps"
-    if kind != "cuda" or (index and not index.isdigit()):
+    if kind != "cuda":
         raise UsageError(f"--device {name!r}: not a device (use {DEVICE_HELP})")
     if not torch.cuda.is_available():
         raise UsageError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__})")
@@ -80,14 +82,19 @@ def _native_bf16(device: str) -> bool:
 @functools.cache
 def cpu_flags() -> tuple[str, ...]:
     """The CPU's feature flags (Linux ``/proc/cpuinfo``; none elsewhere)."""
+    return tuple(_cpuinfo("flags").split())
+
+
+def _cpuinfo(key: str) -> str:
+    """A field of the first CPU in Linux's ``/proc/cpuinfo``; "" where there is none."""
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("flags"):
-                    return tuple(line.split(":", 1)[1].split())
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return ()
+    return ""
 
 
 @functools.cache
@@ -101,14 +108,7 @@ def describe(device: str) -> str:
         return str(torch.cuda.get_device_name(torch.device(device)))
     if device == "mps":
         return "Apple MPS"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "cpu"
 
 
 @dataclass(frozen=True)
@@ -186,3 +186,15 @@ def device_of(model: nn.Module) -> torch.device:
 
     parameter = next(iter(model.parameters()), None)
     return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
+    """A context where autocast is off on ``device``'s type: what is computed inside a stage that runs under
+    ``--dtype`` autocast and needs precision (XᵀX, Cholesky factors, OBS updates, a merged low-rank update)
+    stays float32."""
+    import torch
+
+    try:
+        return torch.autocast(device_type=torch.device(device).type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know: nothing can be autocast there either
+        return contextlib.nullcontext()

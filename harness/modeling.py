@@ -74,16 +74,10 @@ def predict(model: nn.Module, batches: Iterable[Batch]) -> list[int]:
 def full_precision(model: nn.Module) -> Any:
     """A context where autocast is off on the model's device: what a plugin computes from weights inside a stage that
     runs under ``--dtype`` autocast (a merged low-rank update, a Hessian) stays float32."""
-    import contextlib
+    from harness.devices import device_of
+    from harness.devices import full_precision as off
 
-    import torch
-
-    parameter = next(iter(model.parameters()), None)
-    kind = parameter.device.type if parameter is not None else "cpu"
-    try:
-        return torch.autocast(device_type=kind, enabled=False)
-    except RuntimeError:  # a device type autocast does not know: nothing is autocast there either
-        return contextlib.nullcontext()
+    return off(device_of(model))
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -143,7 +137,7 @@ def _loss_scaler(parameters: list[torch.Tensor]) -> Any | None:
     underflow unscaled; ``None`` otherwise (bfloat16 has float32's range)."""
     import torch
 
-    kind = parameters[0].device.type if parameters else "cpu"
+    kind = parameters[0].device.type if parameters else "cpu"  # the loop's parameters, not the whole model's
     if not torch.is_autocast_enabled(kind) or torch.get_autocast_dtype(kind) != torch.float16:
         return None
     return torch.amp.GradScaler(kind)

@@ -25,6 +25,9 @@ def test_a_device_this_machine_lacks_is_a_one_line_error(capsys, tmp_path):
         "harness: error: --device cuda:1: this machine has no CUDA device")
     assert error_of(capsys, ["bench", "--device", "tpu", "--out", str(tmp_path / "o")]) == (
         f"harness: error: --device 'tpu': not a device (use {devices.DEVICE_HELP})")
+    for bad in ("cuda:", "cuda:x", "cpu:0"):  # an index that is no number is caught here, not by torch later
+        assert error_of(capsys, ["bench", "--device", bad, "--out", str(tmp_path / "o")]) == (
+            f"harness: error: --device {bad!r}: not a device (use {devices.DEVICE_HELP})")
     assert error_of(capsys, ["bench", "--dtype", "float8", "--out", str(tmp_path / "o")]) == (
         "harness: error: --dtype 'float8': not a dtype (use auto, float32, bfloat16, float16)")
 

@@ -83,3 +83,14 @@ class ProjectionGates:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+
+def times_gate(x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """``x * gate`` in ``x``'s dtype and device: a float32 gate would promote bf16/fp16 activations to float32 before
+    a bf16 projection. A gate that takes gradients multiplies in at least float32, since dL/dgate sums over tokens."""
+    import torch
+
+    if gate.requires_grad:
+        wide = torch.promote_types(x.dtype, torch.float32)
+        return (x.to(wide) * gate.to(x.device, wide)).to(x.dtype)
+    return x * gate.to(x.device, x.dtype)

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from harness.surgery.common import ProjectionGates
+from harness.devices import device_of
+from harness.surgery.common import ProjectionGates, times_gate
 from harness.surgery.common import get as _get
 from harness.surgery.common import out_width as _out_width
 from harness.surgery.common import slice_projection as _slice
@@ -216,7 +217,6 @@ class HeadGates(ProjectionGates):
         return self.gate[index] if not hasattr(self.gate, "dim") else self.gate[..., index, :]
 
     def _hook(self, index: int):
-        import torch
 
         heads, dim = self.geometry.heads_per_layer[index], self.geometry.head_dim
 
@@ -230,12 +230,7 @@ class HeadGates(ProjectionGates):
             split = x.reshape(*x.shape[:-1], heads, dim)
             if gate.dim() == 2:  # per example: [B, H] against [B, T..., H, d]
                 gate = gate.reshape(gate.shape[0], *([1] * (x.dim() - 2)), heads)
-            if gate.requires_grad:  # dL/dgate sums over tokens: at least float32 even for bf16/fp16 activations
-                wide = torch.promote_types(x.dtype, torch.float32)
-                gated = split.to(wide) * gate.to(x.device, wide).unsqueeze(-1)
-                return gated.to(x.dtype).reshape(x.shape), *args[1:]
-            # the activation's device and dtype: a float32 gate would promote bf16/fp16 activations
-            return (split * gate.to(x.device, x.dtype).unsqueeze(-1)).reshape(x.shape), *args[1:]
+            return times_gate(split, gate.unsqueeze(-1)).reshape(x.shape), *args[1:]
 
         return pre_hook
 
@@ -248,15 +243,8 @@ class HeadGates(ProjectionGates):
 def mask_heads(model: nn.Module, keep: torch.Tensor) -> Iterator[HeadGates]:
     """Zero the heads where ``keep`` is false while the context is open."""
     with HeadGates(model) as gates:
-        gates.gate = keep.float().to(_device(model))  # moved once, not on every forward
+        gates.gate = keep.float().to(device_of(model))  # moved once, not on every forward
         yield gates
-
-
-def _device(model: nn.Module) -> torch.device:
-    """Where the model's parameters live (CPU for a model without any)."""
-    import torch
-
-    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def _keep_lists(keep: torch.Tensor | Sequence[Sequence[int]], geometry: HeadGeometry) -> list[list[int]]:

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from harness.surgery.common import ProjectionGates, get, in_width, slice_projection, weight_axis
-from harness.surgery.heads import _device, layout_of
+from harness.devices import device_of
+from harness.surgery.common import ProjectionGates, get, in_width, slice_projection, times_gate, weight_axis
+from harness.surgery.heads import layout_of
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +87,6 @@ class NeuronGates(ProjectionGates):
         self.gate: Sequence[torch.Tensor] | None = None
 
     def _hook(self, index: int):
-        import torch
 
         def pre_hook(module: nn.Module, args: tuple) -> tuple | None:
             if self.gate is None:
@@ -96,10 +96,7 @@ class NeuronGates(ProjectionGates):
                 raise ValueError(f"layer {index} has {x.shape[-1]} neurons, gate has {gate.shape[-1]}")
             if gate.dim() == 2:  # per example: [B, I] against [B, T..., I]
                 gate = gate.reshape(gate.shape[0], *([1] * (x.dim() - 2)), gate.shape[-1])
-            if gate.requires_grad:  # dL/dgate sums over tokens: at least float32 even for bf16/fp16 activations
-                wide = torch.promote_types(x.dtype, torch.float32)
-                return (x.to(wide) * gate.to(x.device, wide)).to(x.dtype), *args[1:]
-            return x * gate.to(x.device, x.dtype), *args[1:]  # a float32 gate would promote bf16 activations
+            return times_gate(x, gate), *args[1:]
 
         return pre_hook
 
@@ -113,7 +110,7 @@ def mask_neurons(model: nn.Module, keep: torch.Tensor) -> Iterator[NeuronGates]:
     """Zero the neurons where ``keep`` ([L, I], bool) is false while the context is open."""
     widths = ffn_widths(model)
     with NeuronGates(model) as gates:
-        device = _device(model)  # moved once, not on every forward
+        device = device_of(model)  # moved once, not on every forward
         gates.gate = [keep[index, :width].float().to(device) for index, width in enumerate(widths)]
         yield gates
 
