@@ -32,7 +32,10 @@ from pathlib import Path
 
 import torch
 
-METHODS = ("sparsegpt", "wanda", "wanda-sequential")  # the peer's Wanda is sequential: compare it with both
+# the peer's Wanda is sequential: compare it with both; sparsegpt-reference counts removed weights per column block
+# as the reference code (and the peer) do, ``int(n * sparsity) + 1`` ties included, instead of exactly its share
+METHODS = ("sparsegpt", "sparsegpt-reference", "wanda", "wanda-sequential")
+PEER_OF = {"sparsegpt-reference": "sparsegpt", "wanda-sequential": "wanda"}
 
 
 def peak_mb() -> float:
@@ -90,8 +93,9 @@ def harness_side(work: Path, method: str, sparsity: float) -> dict[str, float]:
     targets = tuple(name for name in modules if isinstance(modules[name], torch.nn.Linear) and ".layers." in name)
     zeros = {name: torch.zeros(()).expand(modules[name].weight.shape) for name in targets}  # shapes only, no memory
     start = time.perf_counter()
-    if method == "sparsegpt":
-        keep = sparsegpt.compute_mask(PruneRequest(zeros, sparsity, {}, model=model, batches=batches))
+    if method.startswith("sparsegpt"):
+        options = {"count": "reference"} if method == "sparsegpt-reference" else {}
+        keep = sparsegpt.compute_mask(PruneRequest(zeros, sparsity, options, model=model, batches=batches))
     else:
         score = wanda.score if method == "wanda" else wanda.score_sequential
         scores = score(ScoreRequest(model, batches, 0, sparsity=sparsity, targets=targets))
@@ -158,7 +162,7 @@ def compare(args: argparse.Namespace) -> None:
     peers: dict[str, tuple[dict[str, float], tuple[float, float]]] = {}
     for method in args.methods:
         ours = run_side(sys.executable, "harness", work, method, args.sparsity)
-        name = method.removesuffix("-sequential")  # llmcompressor's one Wanda
+        name = PEER_OF.get(method, method)
         if name not in peers:
             result = run_side(args.peer_python, "peer", work, name, args.sparsity)
             peers[name] = (result, perplexity_of(work, f"peer-{name}.pt"))

@@ -111,6 +111,9 @@ def run(config: BenchConfig | str | Path | None = None, *, plugins_objects: Iter
     provenance.record(out, command or "harness.run(...)", configs.to_toml(chosen))
     if chosen.execution.progress:
         print(f"harness: {plan.total_cells()} cells -> {out / 'leaderboard.csv'}", file=sys.stderr)
+        if plan.dense_only:
+            print(f"harness: adapters {', '.join(sorted(plan.dense_only))} on the dense model only "
+                  "(--cross-adapters: every method under every adapter)", file=sys.stderr)
     rows, counts = execute(plan)
     stored = leaderboard.read(out / "leaderboard.csv")
     current = leaderboard.current(stored)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from harness import progress
 from harness.modeling import release_memory
 from harness.planning import Plan
-from harness.records import Pruner, Scorer
+from harness.records import Adapter, Pruner, Scorer
 from harness.schedules import ONE_SHOT, steps_of
 
 if TYPE_CHECKING:
@@ -97,8 +97,10 @@ def unit_specs(plan: Plan) -> list[UnitSpec]:
     ]
 
 
-def plan_cells(plan: Plan) -> list[Cell]:
-    """Every cell of a unit, the dense one first."""
+def plan_cells(plan: Plan, adapter: Adapter | None = None) -> list[Cell]:
+    """Every cell of a unit (of ``adapter``: the dense one alone where the plan does not cross it), the dense first."""
+    if adapter is not None and not plan.crosses(adapter):
+        return [DENSE]
     pruned = [Cell(s, p, sp, r, schedule) for s, p in plan.methods for schedule in plan.schedules(s, p)
               for sp in plan.sparsities for r in plan.recoveries()]
     return [DENSE, *pruned]
@@ -106,7 +108,7 @@ def plan_cells(plan: Plan) -> list[Cell]:
 
 def unit_cells(unit: Unit, done: set[str]) -> list[Cell]:
     """The unit's cells whose run id is not in ``done``, the dense one first."""
-    return [cell for cell in plan_cells(unit.plan) if unit.row(cell)["run_id"] not in done]
+    return [cell for cell in plan_cells(unit.plan, unit.adapter) if unit.row(cell)["run_id"] not in done]
 
 
 def unit_label(unit: Unit) -> str:
@@ -118,7 +120,7 @@ def unit_label(unit: Unit) -> str:
 def run_unit(unit: Unit, done: set[str], report: Reporter, failed: frozenset[str] = frozenset()) -> None:
     """Every cell of one unit not in ``done`` (counted as skipped) or ``failed`` (this run's lost cells)."""
     todo = unit_cells(unit, done | failed)
-    unit.cache.counts["cells_skipped"] += sum(unit.row(cell)["run_id"] in done for cell in plan_cells(unit.plan))
+    unit.cache.counts["cells_skipped"] += sum(unit.row(cell)["run_id"] in done for cell in plan_cells(unit.plan, unit.adapter))
     if not todo:
         report.tick("")
         return

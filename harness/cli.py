@@ -61,8 +61,11 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     add = bench.add_argument
     add("--config", type=Path, default=None, metavar="GRID.toml",
         help="settings from a grid file (tables [grid], [budget], [measure], [execution]); flags override it")
-    add("--plugins", nargs="+", help="scorer/pruner/adapter names, or 'all' (every installed plugin); default: "
-        f"{','.join(g.plugins)} with their baselines, adapter {DEFAULT_ADAPTER}")
+    add("--plugins", nargs="+", help="scorer/pruner/adapter names, or 'all' (every installed method under adapter "
+        f"{DEFAULT_ADAPTER}, every other adapter on the dense model); default: {','.join(g.plugins)} with their "
+        f"baselines, adapter {DEFAULT_ADAPTER}")
+    add("--cross-adapters", action="store_true", default=None,
+        help="with --plugins all: cross every method with every adapter, not only the default one")
     add("--models", nargs="+", help=f"'minilm', a local model folder or a hub id (default: {','.join(g.models)})")
     add("--tasks", nargs="+", help=f"task names (see 'harness list') or task files (.yaml/.json) (default: {','.join(g.tasks)})")
     add("--sparsities", nargs="+", help=f"fractions of units to remove, in [0, 1) (default: {','.join(map(str, g.sparsities))})")
@@ -149,6 +152,8 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         elif flag == "option":
             value = tuple(value)
         settings[name] = value
+    if args.cross_adapters:
+        settings["cross_adapters"] = True
     for flag, name in (("no_baselines", "baselines"), ("no_cache", "use_cache"), ("no_progress", "progress")):
         if getattr(args, flag):
             settings[name] = False

@@ -43,6 +43,9 @@ class Grid:
     baselines: bool = True  # add each benchmarked granularity's baseline scorers
     recover: str | None = None  # an adapter that trains every pruned model again (rows with and without)
     schedules: tuple[str, ...] = ("one-shot",)  # or "iterative:STEPS": re-scored between steps (harness.schedules)
+    # plugins ("all",) crosses the methods with the default adapter only, the other adapters get their dense row
+    # (5 adapters x every method is 470 cells on the default task); True crosses them with every adapter
+    cross_adapters: bool = False
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,7 @@ class _Shown:
     """The reporter of a unit run in this process: its steps and finished cells, on the display."""
 
     def __init__(self, display: Display, plan: Plan, unit: Unit) -> None:
-        self.display, self.cells, self.prefix = display, plan.cells_per_unit(), unit_label(unit)
+        self.display, self.cells, self.prefix = display, plan.cells_per_unit(unit.adapter), unit_label(unit)
 
     def phase(self, label: str, rows: list[Row], cell: bool = False) -> None:
         self.display.step(f"{self.prefix}: {label}", cell)

@@ -185,7 +185,7 @@ def _handle(message: tuple, attempt: _Attempt, write: Callable[[Row], None], wri
         write(message[1])
         written.add(str(message[1]["run_id"]))
     elif kind == "tick":
-        display.ticked(unit.plan.cells_per_unit() if message[1] == "" else 1, cell=message[1] != "")
+        display.ticked(unit.plan.cells_per_unit(unit.adapter) if message[1] == "" else 1, cell=message[1] != "")
     elif kind == "end":
         attempt.counts, attempt.ended = message[1], True
     elif kind == "abort":
@@ -264,7 +264,7 @@ def run_unit(plan: Plan, spec: Any, done: set[str], write: Callable[[Row], None]
     from harness.unit import make_unit
 
     unit = make_unit(plan, spec, write, Scalars(None), Cache(None))  # identity rows only: nothing is loaded
-    cache.counts["cells_skipped"] += plan.cells_per_unit() - len(unit_cells(unit, done))
+    cache.counts["cells_skipped"] += plan.cells_per_unit(unit.adapter) - len(unit_cells(unit, done))
     written: set[str] = set()
     failed: set[str] = set()
     while unit_cells(unit, done | failed | written):

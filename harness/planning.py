@@ -45,6 +45,7 @@ class Plan:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     recovery: Adapter | None = None
     granularities: dict[str, Granularity] = field(default_factory=dict)  # every one the methods use, by name
+    dense_only: frozenset[str] = frozenset()  # adapters whose units run the dense cell only (see _dense_only)
     code: dict[str, str] = field(default_factory=dict)  # record -> code identity, see code_of
 
     def granularity(self, record: Scorer | Pruner | None) -> Granularity | None:
@@ -81,13 +82,20 @@ class Plan:
         """The grid's schedules for a method that can prune in steps, else one shot only."""
         return schedules.for_method(self.config.grid.schedules, scorer, pruner, self.granularity(pruner))
 
-    def cells_per_unit(self) -> int:
+    def crosses(self, adapter: Adapter) -> bool:
+        """Whether the units of ``adapter`` run every method, or the dense cell only."""
+        return adapter.name not in self.dense_only
+
+    def cells_per_unit(self, adapter: Adapter | None = None) -> int:
+        """Cells of a unit of ``adapter`` (default: one that runs every method)."""
+        if adapter is not None and not self.crosses(adapter):
+            return 1
         pruned = sum(len(self.schedules(scorer, pruner)) for scorer, pruner in self.methods)
         return 1 + pruned * len(self.sparsities) * len(self.recoveries())
 
     def total_cells(self) -> int:
-        units = len(self.models) * len(self.tasks) * len(self.adapters) * len(self.config.grid.seeds)
-        return units * self.cells_per_unit()
+        units = len(self.models) * len(self.tasks) * len(self.config.grid.seeds)
+        return units * sum(self.cells_per_unit(adapter) for adapter in self.adapters)
 
 
 def _select(registry: Registry, names: Sequence[str]) -> dict[str, list[Any]]:
@@ -116,6 +124,20 @@ def _select(registry: Registry, names: Sequence[str]) -> dict[str, list[Any]]:
         if not chosen[role]:
             raise UsageError(f"no {role} plugin is installed")
     return chosen
+
+
+def _dense_only(grid: Grid, adapters: list[Adapter]) -> frozenset[str]:
+    """With ``--plugins all``, the adapters other than the default one get a dense cell each, not every method.
+
+    Every method under each of the 5 built-in adapters is 470 cells on the
+    default task (about 53 minutes on one thread here in bfloat16); the dense
+    rows still compare the adapters' fine-tunes. ``--cross-adapters`` crosses
+    every adapter with every method; named adapters are always crossed.
+    """
+    names = [adapter.name for adapter in adapters]
+    if list(grid.plugins) != ["all"] or grid.cross_adapters or DEFAULT_ADAPTER not in names:
+        return frozenset()
+    return frozenset(name for name in names if name != DEFAULT_ADAPTER)
 
 
 def _pair(chosen: dict[str, list[Any]], known: Registry) -> list[tuple[Scorer | None, Pruner]]:
@@ -330,7 +352,8 @@ def make_plan(config: BenchConfig, registry: Registry, overrides: dict[str, dict
     recovery = registry.get("adapter", grid.recover) if grid.recover else None
     used = {record.granularity for method in methods for record in method if record is not None}
     granularities = {name: registry.get("granularity", name) for name in sorted(used)}
-    plan = Plan(config, models, tasks, chosen["adapter"], methods, sparsities, overrides, recovery, granularities)
+    plan = Plan(config, models, tasks, chosen["adapter"], methods, sparsities, overrides, recovery, granularities,
+                dense_only=_dense_only(grid, chosen["adapter"]))
     _check_budgets(config, plan, configs)
     _check_schedules(plan)
     return plan

@@ -83,7 +83,7 @@ def run(plan: Plan, done: set[str], write: Callable[[Row], None], display: Any, 
                 for row in rows:
                     write(row)
                 cache.counts.update(counts)
-            display.ticked(plan.cells_per_unit(), cell=False)
+            display.ticked(plan.cells_per_unit(plan.adapters[spec.adapter]), cell=False)
     finally:
         if started:
             ray.shutdown()
