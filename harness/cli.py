@@ -81,6 +81,9 @@ def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     add("--latency-tokens", type=int, help=f"tokens per sequence of the latency input (default: {m.latency_tokens})")
     add("--decode-tokens", type=int, help="causal LMs: tokens generated per timed decode pass, batch 1 and 8, "
         f"after a --latency-tokens prompt; 0: no decode timing (default: {m.decode_tokens})")
+    add("--sparse-kernels", action="store_true", default=None,
+        help="time models whose linear weights are 2:4 on torch's semi-structured sparse kernels (needs --device "
+        "cuda and --dtype float16 or bfloat16); without it their zeros are multiplied by the dense kernels")
     add("--device", help="where every stage runs: auto (cuda, else mps, else cpu), cpu, cuda, cuda:INDEX or mps "
         f"(default: {b.device}); recorded in each row and its run id")
     add("--dtype", help="auto (bfloat16 where the device computes it natively, else float32), float32, bfloat16 or "
@@ -152,8 +155,9 @@ def _settings(args: argparse.Namespace) -> dict[str, object]:
         elif flag == "option":
             value = tuple(value)
         settings[name] = value
-    if args.cross_adapters:
-        settings["cross_adapters"] = True
+    for flag in ("cross_adapters", "sparse_kernels"):
+        if getattr(args, flag):
+            settings[flag] = True
     for flag, name in (("no_baselines", "baselines"), ("no_cache", "use_cache"), ("no_progress", "progress")):
         if getattr(args, flag):
             settings[name] = False

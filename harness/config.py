@@ -77,6 +77,7 @@ class Measure:
     latency_batch: int = 32
     latency_tokens: int = 128
     decode_tokens: int = 16  # causal LMs: tokens generated per timed decode pass after a latency_tokens prompt; 0: off
+    sparse_kernels: bool = False  # time 2:4 weights on torch's semi-structured sparse kernels (CUDA, float16/bfloat16)
 
 
 @dataclass(frozen=True)

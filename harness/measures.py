@@ -333,7 +333,7 @@ def kernel_signature(model: nn.Module) -> str | None:
         return None
     parts = [repr(model), str(getattr(getattr(model, "config", None), "_attn_implementation", ""))]
     tensors = itertools.chain(model.named_parameters(), model.named_buffers())
-    parts.extend(sorted(f"{name}:{tuple(t.shape)}:{t.dtype}:{t.device}" for name, t in tensors))  # a mask made
+    parts.extend(sorted(f"{name}:{tuple(t.shape)}:{t.dtype}:{t.device}:{type(t).__name__}" for name, t in tensors))  # a mask made
     # permanent registers its weight again, last: the order of registration is not work
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 

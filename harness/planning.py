@@ -367,7 +367,16 @@ def _placed(config: BenchConfig) -> BenchConfig:
     budget = config.budget
     device = devices.resolve_device(budget.device)
     dtype = devices.resolve_dtype(budget.dtype, device)
+    if config.measure.sparse_kernels:
+        _check_sparse_kernels(device, dtype)
     return dataclasses.replace(config, budget=dataclasses.replace(budget, device=device, dtype=dtype))
+
+
+def _check_sparse_kernels(device: str, dtype: str) -> None:
+    """torch has semi-structured kernels on CUDA only, in half precision: elsewhere the flag would time nothing."""
+    if not device.startswith("cuda") or dtype not in surgery.SPARSE_KERNEL_DTYPES:
+        raise UsageError(f"--sparse-kernels: torch's semi-structured (2:4) kernels run on CUDA in "
+                         f"{' or '.join(surgery.SPARSE_KERNEL_DTYPES)}; this run is on {device} in {dtype}")
 
 
 def _check_schedules(plan: Plan) -> None:

@@ -194,7 +194,8 @@ class Unit:
             quality_flags = (*quality_flags, chance.FLAG)
         flags = sorted({*self.flags, *row.pop("flags", ()), *quality_flags})
         geometry = surgery.head_geometry(model)
-        speed, timed_for = self.timings.columns(row["run_id"], self.dense_served, served, self.latency_input,
+        timed = self._timed(served, row) if not dense else served
+        speed, timed_for = self.timings.columns(row["run_id"], self.dense_served, timed, self.latency_input,
                                                 self.decode_inputs, self.plan.config.measure.decode_tokens)
         if timed_for is not None:
             row.setdefault("extras", {})["latency_from"] = timed_for
@@ -222,6 +223,19 @@ class Unit:
             "status": "ok",
             "error": "",
         }, scores)
+
+    def _timed(self, served: Any, row: Row) -> Any:
+        """The model the timed passes run: with ``--sparse-kernels``, a copy whose 2:4 weights are on torch's
+        semi-structured kernels (the row's ``latency_kernel`` says how many layers), else ``served`` itself."""
+        if not self.plan.config.measure.sparse_kernels:
+            return served
+        converted = surgery.semi_structured(served)
+        if not converted.converted:
+            return served
+        row.setdefault("extras", {})["latency_kernel"] = (
+            f"semi-structured 2:4: {len(converted.converted)} of {converted.linear} linear layers on torch's sparse "
+            "kernels")
+        return converted.model
 
     def quality(self, model: Any) -> tuple[dict[str, float], tuple[str, ...]]:
         """The model's metrics in order, the task's metric first, and the flags they raise.

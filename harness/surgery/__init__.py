@@ -61,6 +61,7 @@ from harness.surgery.neurons import (
     remove_neurons,
 )
 from harness.surgery.saving import load_pruned, save_pruned
+from harness.surgery.sparse_kernels import SPARSE_KERNEL_DTYPES, Converted, is_two_four, semi_structured
 from harness.surgery.weights import (
     GROUPS,
     apply_weight_masks,
@@ -75,6 +76,10 @@ __all__ = [
     "ACTIVATION_LAYOUTS",
     "ACTIVATION_THRESHOLD_KEY",
     "ActivationStats",
+    "Converted",
+    "SPARSE_KERNEL_DTYPES",
+    "is_two_four",
+    "semi_structured",
     "activation_thresholds",
     "calibrate_activation_thresholds",
     "down_projections",
