@@ -240,12 +240,21 @@ def dense_and_pruned_decode(dense: nn.Module, model: nn.Module, ids: torch.Tenso
 def model_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters and buffers (each tensor once: tied embeddings share storage)."""
     seen: set[int] = set()
-    total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
-    return total
+    return sum(_tensor_bytes(tensor, seen) for tensor in [*model.parameters(), *model.buffers()])
+
+
+def _tensor_bytes(tensor: torch.Tensor, seen: set[int]) -> int:
+    """A tensor's bytes not yet ``seen``; a wrapper tensor (torch's semi-structured sparse weight, whose own data
+    pointer is null) by the tensors it holds: the packed values and their metadata."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is not None:
+        names, _ = flatten()
+        inner = [getattr(tensor, name) for name in names]
+        return sum(_tensor_bytes(t, seen) for t in inner if t is not None)
+    if tensor.data_ptr() in seen:
+        return 0
+    seen.add(tensor.data_ptr())
+    return tensor.numel() * tensor.element_size()
 
 
 def inference_memory(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int | None:

@@ -135,6 +135,9 @@ def _dense_only(grid: Grid, adapters: list[Adapter]) -> frozenset[str]:
     every adapter with every method; named adapters are always crossed.
     """
     names = [adapter.name for adapter in adapters]
+    if grid.cross_adapters and list(grid.plugins) != ["all"]:
+        raise UsageError("--cross-adapters changes what --plugins all crosses; adapters named in --plugins are "
+                         "always crossed with every method")
     if list(grid.plugins) != ["all"] or grid.cross_adapters or DEFAULT_ADAPTER not in names:
         return frozenset()
     return frozenset(name for name in names if name != DEFAULT_ADAPTER)
@@ -373,10 +376,17 @@ def _placed(config: BenchConfig) -> BenchConfig:
 
 
 def _check_sparse_kernels(device: str, dtype: str) -> None:
-    """torch has semi-structured kernels on CUDA only, in half precision: elsewhere the flag would time nothing."""
+    """torch has semi-structured kernels on CUDA GPUs of compute capability 8.0 and up, in half precision:
+    elsewhere the flag would time nothing."""
+    import torch
+
     if not device.startswith("cuda") or dtype not in surgery.SPARSE_KERNEL_DTYPES:
         raise UsageError(f"--sparse-kernels: torch's semi-structured (2:4) kernels run on CUDA in "
                          f"{' or '.join(surgery.SPARSE_KERNEL_DTYPES)}; this run is on {device} in {dtype}")
+    capability = torch.cuda.get_device_capability(torch.device(device))
+    if capability < (8, 0):
+        raise UsageError(f"--sparse-kernels: torch's semi-structured (2:4) kernels need compute capability 8.0 or "
+                         f"newer; {device} has {capability[0]}.{capability[1]}")
 
 
 def _check_schedules(plan: Plan) -> None:

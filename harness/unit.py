@@ -230,11 +230,12 @@ class Unit:
         if not self.plan.config.measure.sparse_kernels:
             return served
         converted = surgery.semi_structured(served)
-        if not converted.converted:
-            return served
-        row.setdefault("extras", {})["latency_kernel"] = (
-            f"semi-structured 2:4: {len(converted.converted)} of {converted.linear} linear layers on torch's sparse "
-            "kernels")
+        extras = row.setdefault("extras", {})
+        if converted.converted:
+            extras["latency_kernel"] = (f"semi-structured 2:4: {len(converted.converted)} of {converted.linear} "
+                                        "linear layers on torch's sparse kernels")
+        if converted.refused:  # said, not hidden: the row would otherwise pass for a sparse-kernel timing
+            extras["sparse_kernels_refused"] = f"{len(converted.refused)} 2:4 layers dense ({converted.error})"
         return converted.model
 
     def quality(self, model: Any) -> tuple[dict[str, float], tuple[str, ...]]:

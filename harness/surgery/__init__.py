@@ -61,7 +61,13 @@ from harness.surgery.neurons import (
     remove_neurons,
 )
 from harness.surgery.saving import load_pruned, save_pruned
-from harness.surgery.sparse_kernels import SPARSE_KERNEL_DTYPES, Converted, is_two_four, semi_structured
+from harness.surgery.sparse_kernels import (
+    SPARSE_KERNEL_DTYPES,
+    Converted,
+    is_two_four,
+    semi_structured,
+    two_four_layers,
+)
 from harness.surgery.weights import (
     GROUPS,
     apply_weight_masks,
@@ -80,6 +86,7 @@ __all__ = [
     "SPARSE_KERNEL_DTYPES",
     "is_two_four",
     "semi_structured",
+    "two_four_layers",
     "activation_thresholds",
     "calibrate_activation_thresholds",
     "down_projections",

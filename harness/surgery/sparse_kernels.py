@@ -27,6 +27,8 @@ class Converted:
     model: nn.Module
     converted: tuple[str, ...]  # the linear layers now on the sparse kernels
     linear: int  # linear layers in the model
+    refused: tuple[str, ...] = ()  # 2:4 layers the converter refused (shape, dtype, device), dense in the copy
+    error: str = ""  # the first refusal's message
 
 
 def is_two_four(weight: torch.Tensor) -> bool:
@@ -37,28 +39,44 @@ def is_two_four(weight: torch.Tensor) -> bool:
     return bool(((groups != 0).sum(dim=-1) <= 2).all())
 
 
+def two_four_layers(model: nn.Module) -> tuple[str, ...]:
+    """The linear layers of ``model`` whose weight is 2:4."""
+    import torch
+
+    return tuple(name for name, module in model.named_modules()
+                 if isinstance(module, torch.nn.Linear) and is_two_four(module.weight))
+
+
 def semi_structured(model: nn.Module, convert: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Converted:
     """A copy of ``model`` whose 2:4 linear weights are torch's ``SparseSemiStructuredTensor``.
 
     ``convert`` defaults to ``torch.sparse.to_sparse_semi_structured``; a layer it
     refuses (a shape that is not a multiple of the kernel's tile, a dtype or device
-    without the kernels) stays dense in the copy, and is not counted as converted.
+    without the kernels) stays dense in the copy and is listed in ``refused``.
+    The copy shares every tensor it does not convert with ``model`` (no second
+    model in memory); with no 2:4 layer, ``model`` itself comes back.
     """
     import torch
 
+    layers = two_four_layers(model)
+    linear = sum(isinstance(module, torch.nn.Linear) for module in model.modules())
+    if not layers:
+        return Converted(model, (), linear)
     convert = convert or torch.sparse.to_sparse_semi_structured
-    timed = copy.deepcopy(model)
-    converted, linear = [], 0
-    for name, module in timed.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        linear += 1
-        if not is_two_four(module.weight):
-            continue
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    timed = copy.deepcopy(model, memo=shared)
+    modules = dict(timed.named_modules())
+    converted, refused, error = [], [], ""
+    for name in layers:
+        module = modules[name]
         try:
             sparse = convert(module.weight.detach().contiguous())
-        except (RuntimeError, ValueError, NotImplementedError):
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (RuntimeError, ValueError, NotImplementedError) as refusal:
+            refused.append(name)
+            error = error or f"{type(refusal).__name__}: {refusal}".splitlines()[0][:200]
             continue
         module.weight = torch.nn.Parameter(sparse, requires_grad=False)
         converted.append(name)
-    return Converted(timed, tuple(converted), linear)
+    return Converted(timed, tuple(converted), linear, tuple(refused), error)
