@@ -43,16 +43,26 @@ def default_root() -> Path:
 
 
 def digest(parts: Any) -> str:
-    """A stable content hash of JSON-able parts, with the library versions and the harness's own code.
+    """A stable content hash of JSON-able parts, with the library versions, the harness's own code and torch's
+    thread count (:func:`_threads`).
 
     The versions are the ones ``commands.json`` records (:func:`provenance.versions`:
     python, torch, transformers, peft, datasets, scikit-learn, numpy, ...).
     Plugins' code identities are part of ``parts`` (see :mod:`harness.identity`):
     a changed line of the harness or of a plugin gives new keys, never a stale hit.
     """
-    versions = {**_versions(), "harness_code": identity.core_code()}
+    versions = {**_versions(), "harness_code": identity.core_code(), "threads": _threads()}
     blob = json.dumps({"parts": parts, "versions": versions}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _threads() -> int:
+    """torch's intra-op threads: the same step on another count of threads computes other bits (a MiniLM-sized
+    fine-tune, 5 steps on this CPU: weights 2e-6 apart in float32, 8e-4 in bfloat16; the default grid in bfloat16 on
+    1 and 2 threads: 71 of 98 scores differ), so a result is reused only by runs on as many threads."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,6 +13,7 @@ nothing, and the ETA is tqdm's own (units run in parallel, fine-tunes and all).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,11 +23,18 @@ from harness.planning import Plan
 from harness.unit import Row
 
 
-def _unit_task(plan: Plan, spec: Any, done: set[str], cache_root: Path | None) -> tuple[list[Row], dict[str, int]]:
-    """Run one unit in a worker; its rows and cache counters go back to the driver."""
+def _unit_task(plan: Plan, spec: Any, done: set[str], cache_root: Path | None,
+               threads: int | None = None) -> tuple[list[Row], dict[str, int]]:
+    """Run one unit in a worker, on the driver's torch thread count (part of every key: another count computes
+    other bits, so rows would get other run ids than the local executor's); its rows and cache counters go back."""
     from harness.cells import Silent, run_unit
     from harness.tensorboard import Scalars
     from harness.unit import make_unit
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     rows: list[Row] = []
     cache = Cache(cache_root)
@@ -71,7 +79,8 @@ def run(plan: Plan, done: set[str], write: Callable[[Row], None], display: Any, 
         e = plan.config.execution
         task = ray.remote(num_cpus=e.cpus_per_task, max_retries=e.retries)(_unit_task)
         shared = ray.put(plan)
-        pending = {task.remote(shared, spec, done, cache.root): spec for spec in unit_specs(plan)}
+        threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+        pending = {task.remote(shared, spec, done, cache.root, threads): spec for spec in unit_specs(plan)}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             spec = pending.pop(ready[0])

@@ -265,6 +265,7 @@ def test_code_identity_does_not_depend_on_which_siblings_this_process_imported(t
 # 3. Concurrent runs on one --out ---------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("one_thread")  # the reference on the runs' one thread: thread count is part of the keys
 def test_two_runs_on_one_out_compute_each_unit_once_and_end_with_the_reference_rows(model, tmp_path) -> None:
     grid = ["--models", str(model), "--seeds", "0,1", "--plugins", "head-gradient,random,heads,finetune", *FAST]
     assert main(["bench", "--out", str(tmp_path / "reference"), *grid]) == 0

@@ -56,7 +56,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(kill_after, tiny_model_d
     interrupted = rows(tmp_path / "out")
     assert kill_after <= len(interrupted) < 14, "killed mid-grid"
     assert reference.wait(timeout=600) == 0
-    env = {"HARNESS_CACHE": str(tmp_path / "cache")}
+    env = {"HARNESS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}  # as many threads: the same keys
     rerun = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "--models", str(model), "--out",
                             str(tmp_path / "out"), *GRID], env={**os.environ, **env}, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
