@@ -130,7 +130,7 @@ def _dense_only(grid: Grid, adapters: list[Adapter]) -> frozenset[str]:
     """With ``--plugins all``, the adapters other than the default one get a dense cell each, not every method.
 
     Every method under each of the 5 built-in adapters is 470 cells on the
-    default task (about 53 minutes on one thread here in bfloat16); the dense
+    default task (55 min measured on one thread here in bfloat16); the dense
     rows still compare the adapters' fine-tunes. ``--cross-adapters`` crosses
     every adapter with every method; named adapters are always crossed.
     """
