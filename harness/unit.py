@@ -207,7 +207,9 @@ class Unit:
         gflops = self.dense_gflops if dense else measures.forward_flops(model, self.latency_input) / 1e9
         achieved = self.sparsity_of(model, granularity)
         log("eval/achieved_sparsity", achieved, 0)
-        extras = {**self.data.protocol, "device_name": devices.describe(self.budget.device), **row.pop("extras", {})}
+        evaluated = {} if self.data.evaluate else {"eval_examples": sum(len(b["input_ids"]) for b in self.eval_batches)}
+        extras = {**self.data.protocol, **evaluated, "device_name": devices.describe(self.budget.device),
+                  **row.pop("extras", {})}
         return metric_rows({
             **row,
             "extras": json.dumps({k: _rounded(v) for k, v in sorted(extras.items())}) if extras else "",

@@ -33,7 +33,8 @@ FOLDER = "wikitext2"
 FILES = {"calibration": "valid.txt", "evaluation": "test.txt"}
 HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1")
 HUB_SPLITS = {"calibration": "validation", "evaluation": "test"}
-EVALUATION = "the whole test split joined with \\n\\n, tokenized once, non-overlapping windows"
+EVALUATION = ("the test split joined with \\n\\n, tokenized once, non-overlapping windows from its start: "
+              "eval_examples of them, the whole split unless --eval-limit")
 CALIBRATION = "validation split joined the same way, in windows of the same length: --calib-examples of them, seeded"
 
 

@@ -174,7 +174,7 @@ def test_scores_are_computed_once_or_once_per_sparsity(tiny_model_dir, tmp_path:
     frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv", keep_default_na=False)
     extras = [json.loads(text) for text in frame[frame["scorer"] != "none"]["extras"]]
     own = {json.dumps({k: v for k, v in e.items() if k not in ("device_name", "latency_from")}) for e in extras}
-    assert own == {'{"calib_examples": 16, "probe/value": 3.5}'}
+    assert own == {'{"calib_examples": 16, "eval_examples": 32, "probe/value": 3.5}'}  # --eval-limit 32: what the metric is over
     assert all(e["device_name"] == devices.describe("cpu") for e in extras)
 
 

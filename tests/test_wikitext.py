@@ -149,3 +149,5 @@ def test_a_pretrained_llm_is_calibrated_and_pruned_without_a_fine_tune(budget, d
     assert rows.loc["taylor", "scoring_s"] > 0
     protocol = json.loads(rows.loc["none", "extras"])
     assert protocol["window_tokens"] == WINDOW and protocol["source"] == "local wikitext2/valid.txt, test.txt"
+    windows = sum(len(batch["input_ids"]) for batch in feed.evaluation(None))
+    assert windows > 2 and {json.loads(text)["eval_examples"] for text in rows["extras"]} == {windows}
