@@ -19,7 +19,8 @@ from harness.records import Adapter, Pruner, Scorer
 from harness.schedules import ONE_SHOT, steps_of
 
 if TYPE_CHECKING:
-    from harness.unit import Row, Scored, Unit
+    from harness.scoring import Scored
+    from harness.unit import Row, Unit
 
 COUNTS = ("fine_tunes_run", "models_hit", "scoring_runs", "scores_hit", "cells_skipped", "corrupt_entries",
           "cache_write_failed")

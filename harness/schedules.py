@@ -27,7 +27,8 @@ from harness.errors import UsageError
 if TYPE_CHECKING:
     from harness.cells import Cell
     from harness.records import Granularity, Pruner, PruneRequest, Scorer
-    from harness.unit import Scored, Unit
+    from harness.scoring import Scored
+    from harness.unit import Unit
 
 ONE_SHOT = "one-shot"
 PREFIX = "iterative:"

@@ -1,7 +1,8 @@
 """One unit of a grid: fine-tune once (or load it from the cache), score once per scorer, prune per sparsity.
 
 What a cell computes lives here (keys, fine-tune, scoring, pruning through the
-granularity, measuring); the order of the cells and what a failure costs is
+granularity, measuring; the scoring passes and their cache are
+:mod:`harness.scoring`); the order of the cells and what a failure costs is
 :mod:`harness.cells`; where units run, and resuming, is :mod:`harness.executor`.
 """
 
@@ -11,16 +12,15 @@ import copy
 import dataclasses
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import adaptation, batching, chance, devices, measures, modeling, schedules, surgery
+from harness import adaptation, batching, chance, devices, measures, modeling, schedules, scoring, surgery
 from harness import data as taskdata
-from harness.cache import Cache, default_root, digest, fingerprint_folder, untied
+from harness.cache import Cache, default_root, digest, fingerprint_folder
 from harness.cells import DENSE, Cell, UnitSpec
-from harness.checks import checked_scores, zero_scores
+from harness.checks import zero_scores
 from harness.config import Budget
 from harness.models import ModelSource, load_for_task
 from harness.planning import Plan
@@ -32,12 +32,12 @@ from harness.records import (
     Pruner,
     PruneRequest,
     Scorer,
-    ScoreRequest,
     Task,
     TaskData,
     TrainRequest,
 )
 from harness.schedules import ONE_SHOT, Gated
+from harness.scoring import Scored
 from harness.tensorboard import Scalars, recording
 
 Row = dict[str, Any]
@@ -49,16 +49,6 @@ LOSS_KEY = "tail_loss"
 def _error_text(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}".splitlines()[0]
     return text[:300]
-
-
-@dataclass(frozen=True)
-class Scored:
-    """A scorer's output, its wall time and the last value of every scalar it logged."""
-
-    values: Any
-    seconds: float
-    extras: dict[str, float]
-    model: Any = None  # the scorer's trained copy, when it updates the model
 
 
 @dataclass
@@ -340,63 +330,14 @@ class Unit:
         expected = granularity.shapes(self.model, self.targets(granularity))
         if scorer is None:
             return Scored(zero_scores(expected), 0.0, {})
-        key = self._score_key(scorer, sparsity, granularity, gated)
-        cached = self._cached_scores(scorer, key)
-        if cached is not None:
-            return cached
-        scored = self._score(scorer, sparsity, granularity, expected, gated)
+        key = scoring.score_key(self, scorer, sparsity, granularity, gated)
+        found = scoring.cached(self, scorer, key)
+        if found is not None:
+            return found
+        scored = scoring.compute(self, scorer, sparsity, granularity, expected, gated)
         self.cache.counts["scoring_runs"] += 1
-        tensors = scored.values if isinstance(scored.values, dict) else {"": scored.values}
-        tensors = {f"scores/{name}": t for name, t in tensors.items()}
-        if scored.model is not None:
-            tensors.update({f"model/{k}": v for k, v in scored.model.state_dict().items()})
-        meta = {"seconds": scored.seconds, "extras": scored.extras, "dict": isinstance(scored.values, dict)}
-        self.cache.save_tensors("scores", key, untied(tensors), meta)
+        scoring.store(self, key, scored)
         return scored
-
-    def _score_key(self, scorer: Scorer, sparsity: float | None, granularity: Granularity,
-                   gated: Gated | None = None) -> str:
-        label = options_label(scorer, self.plan.overrides) or scorer.name
-        code = {"scorer": self.plan.code_of(scorer), "granularity": self.plan.code_of(granularity)}
-        after = {"gated": gated.digest} if gated is not None else {}
-        return digest({"unit": self.unit_key(), "scorer": label, "sparsity": sparsity,
-                       "targets": self.targets(granularity), "budget": self.budget.stages("train", "score"),
-                       "code": code, **after})
-
-    def _cached_scores(self, scorer: Scorer, key: str) -> Scored | None:
-        found = self.cache.load_tensors("scores", key)
-        if found is None:
-            return None
-        tensors, meta = found
-        scores = {k[len("scores/"):]: v for k, v in tensors.items() if k.startswith("scores/")}
-        model = None
-        if scorer.updates_model:
-            model = copy.deepcopy(self.model)
-            state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-            model.load_state_dict(state, strict=False)
-            model.eval()
-        values = scores if meta["dict"] else scores[""]
-        return Scored(values, float(meta["seconds"]), dict(meta["extras"]), model)
-
-    def _score(self, scorer: Scorer, sparsity: float | None, granularity: Granularity, expected: Any,
-               gated: Gated | None) -> Scored:
-        from harness import progress
-
-        model = copy.deepcopy(self.model)
-        label = self.row(Cell(scorer, None, sparsity or 0.0))["run_id"]
-        extras: dict[str, float] = {}
-        log = recording(self.scalars.logger(f"{scorer.name}-{label}"), extras)
-        options = options_for(scorer, self.plan.overrides)
-        request = ScoreRequest(model, self.calibration, self.seed, options, sparsity, self.train_batches, log,
-                               self.targets(granularity))
-        at = f"@{sparsity:g}" if sparsity is not None else ""
-        start = time.perf_counter()
-        gate = granularity.mask(model, gated.keep) if gated is not None and granularity.mask else nullcontext()
-        with progress.phase(f"scoring {scorer.name} ({granularity.name}){at}"), gate, self.placement.autocast():
-            values = scorer.score(request)
-        elapsed = time.perf_counter() - start
-        values = checked_scores(scorer, values, expected)
-        return Scored(values, elapsed, extras, model if scorer.updates_model else None)
 
     def pruned(self, cell: Cell, scored: Scored) -> list[Row]:
         """Apply the pruner's mask to a copy; with recovery, train it again (sparsity kept) before measuring."""

@@ -130,13 +130,14 @@ def _keys(config: BenchConfig, model_dir: Path) -> dict[str, str]:
     from harness.cells import Cell, unit_specs
     from harness.planning import make_plan
     from harness.plugins import load_registry
+    from harness.scoring import score_key
     from harness.tensorboard import Scalars
     from harness.unit import cache_of, make_unit
 
     plan = make_plan(config, load_registry(), {})
     unit = make_unit(plan, unit_specs(plan)[0], lambda row: None, Scalars(None), cache_of(plan))
     scorer, pruner = plan.methods[0]
-    return {"fine-tune": unit.unit_key(), "scores": unit._score_key(scorer, None, plan.granularity(scorer)),
+    return {"fine-tune": unit.unit_key(), "scores": score_key(unit, scorer, None, plan.granularity(scorer)),
             "dense row": unit.row(Cell())["run_id"], "pruned row": unit.row(Cell(scorer, pruner, 0.5))["run_id"]}
 
 
